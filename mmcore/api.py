@@ -1,0 +1,243 @@
+"""The contract between the engine and every plugin: data info, batches, backbones, tasks, heads, datasets.
+
+Batch fields (one vocabulary for every plugin; see DESIGN.md):
+
+- ``input_ids`` [B,T] long, ``attention_mask`` [B,T] long, ``position_ids`` [B,T] long
+  (whole-word positions: padding 0, [CLS]/[SEP] 1, words numbered from 2; backbones may ignore it),
+- ``visual_feats`` [B,O,F] float, ``visual_pos`` [B,O,4] float (x1,y1,x2,y2 in [0,1]),
+  ``visual_mask`` [B,O] long (1 = a real region),
+- ``obj_labels`` / ``obj_conf`` / ``attr_labels`` / ``attr_conf`` [B,O] (detector output),
+- ``img_id`` list[str], ``text`` list[str].
+
+An *example* is the per-item dict a view yields: the same names without the batch dimension, numpy arrays for
+the visual fields and a plain ``text`` string (the collator tokenises). Tasks and heads add their own fields
+with a prefix (``itm_label``, ``vqa_target``, ...); the collator stacks any numeric field and keeps any other
+as a list.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+Batch = dict[str, Any]
+Example = dict[str, Any]
+
+TEXT_FIELDS = frozenset({"input_ids", "attention_mask", "position_ids", "text"})
+IMAGE_FIELDS = frozenset(
+    {"visual_feats", "visual_pos", "visual_mask", "obj_labels", "obj_conf", "attr_labels", "attr_conf", "img_id"}
+)
+PAIR_FIELDS = TEXT_FIELDS | IMAGE_FIELDS
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a dataset tells backbones, tasks and heads about its vocabulary and features."""
+
+    vocab_size: int
+    feature_dim: int
+    max_regions: int
+    num_objects: int
+    num_attributes: int
+    pad_token_id: int
+    cls_token_id: int
+    sep_token_id: int
+    mask_token_id: int
+    unk_token_id: int
+    special_token_ids: tuple[int, ...]
+    # WordPiece ids of each detector object label's name, in objects-vocabulary order (used by TITP/TITS: W ∩ L).
+    object_token_ids: tuple[tuple[int, ...], ...]
+    object_names: tuple[str, ...] = ()
+    attribute_names: tuple[str, ...] = ()
+    # Downstream answer tables, by view name (e.g. {"vqa": ("yes", "no", ...)}).
+    answers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+class BackboneOutput(NamedTuple):
+    """The encoder's outputs: per-token ``text`` [B,T,H], per-region ``vision`` [B,O,H], ``pooled`` [B,H]."""
+
+    text: Tensor
+    vision: Tensor
+    pooled: Tensor
+
+
+class Backbone(nn.Module):
+    """Base class for encoders: text ids + region features in, :class:`BackboneOutput` out."""
+
+    hidden_size: int
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        visual_feats: Tensor,
+        visual_pos: Tensor,
+        visual_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> BackboneOutput:
+        raise NotImplementedError
+
+    def encode(self, batch: Batch, suffix: str = "") -> BackboneOutput:
+        """Run the encoder on a batch's fields (``suffix`` selects e.g. the ``_1`` image of a two-image example)."""
+        return self(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            visual_feats=batch["visual_feats" + suffix],
+            visual_pos=batch["visual_pos" + suffix],
+            visual_mask=batch.get("visual_mask" + suffix),
+            position_ids=batch.get("position_ids"),
+        )
+
+    def word_embeddings(self) -> nn.Embedding:
+        """The input word-embedding table (an MLM decoder ties its weights to it)."""
+        raise NotImplementedError
+
+
+BackboneFactory = Callable[[dict[str, Any], DataInfo], Backbone]
+
+
+@runtime_checkable
+class ExampleSource(Protocol):
+    """What a view offers tasks and heads that build pairs: images by id, random texts, hard negatives."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Example: ...
+
+    def image(self, img_id: str) -> Example:
+        """The visual fields (``visual_feats``, ``visual_pos``, ``visual_mask``, labels, ``img_id``) of one image."""
+        ...
+
+    def image_ids(self) -> Sequence[str]:
+        """Every image id this view draws from."""
+        ...
+
+    def random_text(self, rng: random.Random, exclude_img_id: str) -> str:
+        """A text of this view that belongs to an image other than ``exclude_img_id``."""
+        ...
+
+    def hard_negatives(self, img_id: str) -> Sequence[str]:
+        """Ids of the images most similar to ``img_id`` (nearest first, itself excluded); may be empty."""
+        ...
+
+
+class Task(nn.Module):
+    """A pre-training objective: optionally re-pairs examples, corrupts the batch, owns a head, returns a loss.
+
+    Subclasses set ``name``, ``requires`` (batch fields the stage's data must provide), ``defaults`` (every
+    option with its default; the recipe may override only these keys) and ``order`` (when ``corrupt`` runs among
+    the stage's tasks: 0 re-pairing, 10 targets from clean inputs, 20 shuffles, 30 masking).
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = PAIR_FIELDS
+    defaults: ClassVar[dict[str, Any]] = {}
+    order: ClassVar[int] = 50
+
+    def __init__(self, info: DataInfo, backbone: Backbone, **options: Any) -> None:
+        super().__init__()
+        self.info = info
+        self.options = {**self.defaults, **options}
+
+    def prepare(self, example: Example, source: ExampleSource, rng: random.Random) -> Example:
+        """Per-example work in the data loader (e.g. swap the image for a hard negative); default: unchanged."""
+        return example
+
+    def corrupt(self, batch: Batch, generator: torch.Generator) -> None:
+        """Batch-level work before the forward pass (masking, shuffling, targets), in place; default: none."""
+
+    def loss(self, output: BackboneOutput, batch: Batch) -> Tensor:
+        """The scalar loss of this task for one forward pass over the corrupted batch."""
+        raise NotImplementedError
+
+
+class EvalContext(Protocol):
+    """What the engine gives a head to evaluate: device, batch size, collation and a progress bar."""
+
+    device: torch.device
+    batch_size: int
+
+    def collate(self, examples: list[Example]) -> Batch:
+        """Tokenise and stack examples into a batch already on ``device``."""
+        ...
+
+    def progress(self, total: int, description: str) -> Callable[[int], None]:
+        """Start a progress bar of ``total`` units; returns ``advance(n)``."""
+        ...
+
+    def batches(self, examples: Sequence[Example], description: str) -> Iterator[Batch]:
+        """Collated device batches over ``examples`` in order, with a progress bar."""
+        ...
+
+
+class Head(nn.Module):
+    """A downstream objective for fine-tuning and evaluation; owns its metrics.
+
+    ``pretrained`` maps pre-training task names to the trained task modules (so ``retrieval`` can start from the
+    ITM classifier for zero-shot). ``zero_shot_ready`` says whether evaluation without fine-tuning makes sense.
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = PAIR_FIELDS
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, info: DataInfo, hidden_size: int, pretrained: dict[str, Task], **options: Any) -> None:
+        super().__init__()
+        self.info = info
+        self.options = {**self.defaults, **options}
+        self.zero_shot_ready = False
+
+    def prepare(self, example: Example, source: ExampleSource, rng: random.Random) -> list[Example]:
+        """Per-example work in the data loader; may expand one example into several (e.g. negatives)."""
+        return [example]
+
+    def loss(self, backbone: Backbone, batch: Batch) -> Tensor:
+        """The scalar training loss on a collated batch (the head runs the backbone itself)."""
+        raise NotImplementedError
+
+    def evaluate(self, backbone: Backbone, view: ExampleSource, ctx: EvalContext) -> dict[str, float]:
+        """Metrics on a whole view (e.g. ``{"accuracy": 0.61}``), computed in eval mode without gradients."""
+        raise NotImplementedError
+
+    def primary_metric(self) -> str:
+        """The metric that picks the best checkpoint (higher is better)."""
+        return "accuracy"
+
+
+class Dataset:
+    """A source of views. Subclasses set ``name``, ``defaults`` and ``views`` (view name -> provided fields)."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    views: ClassVar[dict[str, frozenset[str]]] = {}
+    splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+
+    def __init__(self, options: dict[str, Any], cache_dir: Path) -> None:
+        self.options = {**self.defaults, **options}
+        self.cache_dir = cache_dir
+
+    def prepare(self, progress: Callable[[str], None] | None = None) -> None:
+        """Make the data ready (generate, convert, check files); called once before any view is built."""
+
+    def info(self) -> DataInfo:
+        """Vocabulary and feature facts for building backbones, tasks and heads."""
+        raise NotImplementedError
+
+    def tokenizer(self) -> Any:
+        """A fast tokenizer (``transformers.PreTrainedTokenizerFast``) for this dataset's texts."""
+        raise NotImplementedError
+
+    def view(self, name: str, split: str) -> ExampleSource:
+        """The examples of one view and split."""
+        raise NotImplementedError
+
+
+def as_float_array(x: Any) -> np.ndarray:
+    """A float32 numpy copy of ``x`` (helper for plugins building examples)."""
+    return np.asarray(x, dtype=np.float32)

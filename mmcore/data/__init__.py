@@ -1,0 +1,1 @@
+"""Data plumbing shared by every dataset plugin: the HDF5 feature store, annotation readers, views, collation."""

@@ -1,0 +1,43 @@
+"""User-facing errors: the CLI prints them without a traceback and exits with code 2."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class MMCoreError(Exception):
+    """An error the user can fix (bad recipe, unknown plugin, missing file); printed without a traceback."""
+
+    exit_code = 2
+
+
+class RecipeError(MMCoreError):
+    """A recipe problem, located by file, key path and (when known) line."""
+
+    def __init__(self, message: str, file: str | None = None, key: str | None = None, line: int | None = None):
+        self.message, self.file, self.key, self.line = message, file, key, line
+        where = file or "<recipe>"
+        if line is not None:
+            where += f":{line}"
+        if key:
+            where += f": {key}"
+        super().__init__(f"{where}: {message}")
+
+
+class PluginError(MMCoreError):
+    """A plugin failed to load or registered something inconsistent."""
+
+
+class UnknownNameError(MMCoreError):
+    """A plugin name that nothing registered; the message lists what exists."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]):
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        super().__init__(f"unknown {kind} {name!r}{did_you_mean(name, self.known)}; known {kind}s: {', '.join(self.known) or '(none)'}")
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest candidate, or ''."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,54 @@
+"""Every hook a plugin may implement (pluggy project ``mmcore``, entry-point group ``mmcore``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("mmcore")
+
+
+@hookspec
+def mmcore_register_backbones(registry: Any) -> None:
+    """Add backbones with ``registry.add_backbone(name, factory)``."""
+
+
+@hookspec
+def mmcore_register_tasks(registry: Any) -> None:
+    """Add pre-training tasks with ``registry.add_task(TaskClass)``."""
+
+
+@hookspec
+def mmcore_register_datasets(registry: Any) -> None:
+    """Add datasets with ``registry.add_dataset(DatasetClass)``."""
+
+
+@hookspec
+def mmcore_register_heads(registry: Any) -> None:
+    """Add downstream heads with ``registry.add_head(HeadClass)``."""
+
+
+@hookspec
+def mmcore_register_extractors(registry: Any) -> None:
+    """Add feature extractors with ``registry.add_extractor(name, factory)``."""
+
+
+@hookspec
+def mmcore_register_commands(cli: Any) -> None:
+    """Add click commands to the ``mmcore`` group."""
+
+
+@hookspec
+def mmcore_stage_start(run: Any, stage: Any) -> None:
+    """Called before a pre-training stage or fine-tuning starts."""
+
+
+@hookspec
+def mmcore_stage_end(run: Any, stage: Any, metrics: dict[str, float]) -> None:
+    """Called after a stage or fine-tuning ends, with its final metrics."""
+
+
+@hookspec
+def mmcore_log(run: Any, step: int, metrics: dict[str, float]) -> None:
+    """Called with every logged metrics record (loggers are plugins)."""

@@ -1,0 +1,99 @@
+"""One Registry per run: named backbones, tasks, datasets, heads and extractors, each with its origin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from mmcore.errors import PluginError, UnknownNameError
+
+KINDS = ("backbone", "task", "dataset", "head", "extractor")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered thing: its kind, name, factory (class or callable), origin plugin and declarations."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    origin: str
+    description: str = ""
+    requires: frozenset[str] = frozenset()
+    provides: dict[str, frozenset[str]] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """Named factories by kind; registering a name twice is an error that names both plugins."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self._origin = "<direct>"
+
+    def scoped(self, origin: str) -> "Registry":
+        """A view of this registry that records ``origin`` as the registering plugin."""
+        view = object.__new__(Registry)
+        view._entries, view._origin = self._entries, origin
+        return view
+
+    def _add(self, entry: Entry) -> None:
+        existing = self._entries[entry.kind].get(entry.name)
+        if existing is not None:
+            raise PluginError(
+                f"{entry.kind} {entry.name!r} is registered twice: by plugin {existing.origin!r} and by plugin {entry.origin!r}"
+            )
+        self._entries[entry.kind][entry.name] = entry
+
+    def add_backbone(self, name: str, factory: Callable[..., Any], defaults: dict[str, Any] | None = None,
+                     description: str = "") -> None:
+        """Register ``factory(config, info) -> Backbone`` under ``name``; ``defaults`` lists its options."""
+        self._add(Entry("backbone", name, factory, self._origin, description or _doc(factory), defaults=dict(defaults or {})))
+
+    def add_task(self, cls: type) -> None:
+        """Register a :class:`mmcore.Task` subclass under its ``name``."""
+        self._add(Entry("task", _name_of(cls), cls, self._origin, _doc(cls), requires=frozenset(cls.requires),
+                        defaults=dict(cls.defaults)))
+
+    def add_head(self, cls: type) -> None:
+        """Register a :class:`mmcore.Head` subclass under its ``name``."""
+        self._add(Entry("head", _name_of(cls), cls, self._origin, _doc(cls), requires=frozenset(cls.requires),
+                        defaults=dict(cls.defaults)))
+
+    def add_dataset(self, cls: type) -> None:
+        """Register a :class:`mmcore.Dataset` subclass under its ``name``; its ``views`` declare provided fields."""
+        provides = {view: frozenset(fields) for view, fields in cls.views.items()}
+        self._add(Entry("dataset", _name_of(cls), cls, self._origin, _doc(cls), provides=provides,
+                        defaults=dict(cls.defaults)))
+
+    def add_extractor(self, name: str, factory: Callable[..., Any], description: str = "") -> None:
+        """Register a feature extractor ``factory(options) -> extractor`` under ``name``."""
+        self._add(Entry("extractor", name, factory, self._origin, description or _doc(factory)))
+
+    def get(self, kind: str, name: str) -> Entry:
+        """The entry, or an error listing every registered name of that kind."""
+        try:
+            return self._entries[kind][name]
+        except KeyError:
+            raise UnknownNameError(kind, name, self._entries[kind]) from None
+
+    def names(self, kind: str) -> list[str]:
+        """Sorted names of one kind."""
+        return sorted(self._entries[kind])
+
+    def entries(self, kind: str | None = None) -> Iterator[Entry]:
+        """Every entry (of one kind), sorted by kind then name."""
+        for k in KINDS if kind is None else (kind,):
+            yield from (self._entries[k][n] for n in sorted(self._entries[k]))
+
+
+def _name_of(cls: type) -> str:
+    name = getattr(cls, "name", "")
+    if not name:
+        raise PluginError(f"{cls.__module__}.{cls.__qualname__} has no 'name' attribute")
+    return name
+
+
+def _doc(obj: Any) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""

@@ -1,0 +1,178 @@
+"""The ``mmcore`` command line: run, validate, show, list-*, plugins."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mmcore import __version__
+from mmcore.errors import MMCoreError
+from mmcore.plugins import Plugins, load_plugins
+from mmcore.progress import Reporter
+from mmcore.recipe import Recipe, dump_recipe, load_recipe
+from mmcore.summary import evaluation_rows, rich_table, stage_rows
+from mmcore.validate import resolve, strip_private
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class MMCoreGroup(click.Group):
+    """A click group that turns user errors into a clear message and exit code 2, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MMCoreError as exc:
+            err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=MMCoreGroup)
+@click.version_option(__version__, prog_name="mmcore")
+def main() -> None:
+    """mmcore: vision-and-language pre-training where everything is a plugin and a curriculum is a YAML file."""
+
+
+def recipe_plugin_paths(recipe: Recipe) -> list[Path]:
+    """The recipe's ``plugins:`` files, resolved relative to the file that named them; missing ones are errors."""
+    items = recipe.data.get("plugins") or []
+    if not isinstance(items, list):
+        raise recipe.error(("plugins",), "plugins must be a list of .py files")
+    paths = []
+    for index, item in enumerate(items):
+        key = ("plugins", str(index))
+        origin = recipe.where(key)[0]
+        base = Path(origin).parent if not origin.startswith("--set") else Path.cwd()
+        path = Path(str(item)).expanduser()
+        path = path if path.is_absolute() else (base / path).resolve()
+        if not path.is_file():
+            raise recipe.error(key, f"plugin file not found: {item}")
+        paths.append(path)
+    return paths
+
+
+def prepare_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[Recipe, Plugins, dict[str, Any]]:
+    """Load a recipe, load the plugins it names, validate it: (recipe, plugins, resolved)."""
+    recipe = load_recipe(path, overrides)
+    plugin_paths = recipe_plugin_paths(recipe)
+    plugins = load_plugins(plugin_paths)
+    resolved = resolve(recipe, plugins.registry)
+    resolved["plugins"] = [str(p) for p in plugin_paths]
+    return recipe, plugins, resolved
+
+
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a recipe value, e.g. --set stages.token.epochs=2 (repeatable).")
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@set_option
+@click.option("--resume", "resume", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue an existing run directory, skipping finished stages and evaluations.")
+@click.option("--run-name", help="Name of the run directory (default: a timestamp).")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), help="Parent of run directories.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory of the same name.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Data cache (default $MMCORE_CACHE).")
+@click.option("--quiet", is_flag=True, help="No progress output; only the results table.")
+def run(recipe: str | None, overrides: tuple[str, ...], resume: Path | None, run_name: str | None,
+        output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool) -> None:
+    """Run a recipe: pre-training stages, zero-shot evaluations, fine-tunings, then a results table."""
+    from mmcore.engine import Engine
+    from mmcore.rundir import RunDir, atomic_write_text
+
+    if resume is not None:
+        run_dir = RunDir.open(resume)
+        _, plugins, resolved = prepare_recipe(run_dir.path / "recipe.resolved.yaml", overrides)
+    elif recipe is None:
+        raise MMCoreError("give a RECIPE to run, or --resume RUN_DIR")
+    else:
+        _, plugins, resolved = prepare_recipe(recipe, overrides)
+        parent = output_dir or Path(resolved["output_dir"])
+        run_dir = RunDir.create(parent, resolved["name"], run_name, overwrite)
+        atomic_write_text(run_dir.path / "recipe.resolved.yaml", dump_recipe(strip_private(resolved)))
+    reporter = Reporter(err_console, quiet=quiet)
+    reporter.message(f"[bold]mmcore[/bold] run [cyan]{resolved['name']}[/cyan] → {run_dir.path}")
+    results = Engine(resolved, plugins, run_dir, reporter, cache_dir).execute()
+    console.print(rich_table("pre-training", *stage_rows(results)))
+    console.print(rich_table(f"results (%) — {run_dir.path}", *evaluation_rows(results)))
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@set_option
+def validate(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Check a recipe (keys, plugin names, required fields, numbers, files) without training."""
+    _, _, resolved = prepare_recipe(recipe, overrides)
+    stages = " → ".join(s["name"] for s in resolved["stages"]) or "no pre-training"
+    console.print(f"[green]ok[/green] {recipe}: {stages}; {len(resolved['zero_shot'])} zero-shot, "
+                  f"{len(resolved['finetune'])} fine-tuning")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@set_option
+def show(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Print the resolved recipe (includes merged, overrides applied, plugin defaults filled)."""
+    _, _, resolved = prepare_recipe(recipe, overrides)
+    click.echo(dump_recipe(strip_private(resolved)), nl=False)
+
+
+def _list(kind: str) -> None:
+    plugins = load_plugins()
+    table = Table(title=f"{kind}s")
+    table.add_column("name")
+    table.add_column("plugin")
+    table.add_column("requires" if kind in ("task", "head") else ("views" if kind == "dataset" else "options"))
+    table.add_column("description")
+    for entry in plugins.registry.entries(kind):
+        if kind in ("task", "head"):
+            extra = ", ".join(sorted(entry.requires))
+        elif kind == "dataset":
+            extra = ", ".join(entry.provides)
+        else:
+            extra = ", ".join(entry.defaults)
+        table.add_row(entry.name, entry.origin, extra, entry.description)
+    console.print(table)
+
+
+for _kind in ("task", "backbone", "dataset", "head"):
+    def _make(kind: str):
+        @main.command(name=f"list-{kind}s", help=f"List every registered {kind}.")
+        def _command() -> None:
+            _list(kind)
+        return _command
+    _make(_kind)
+
+
+@main.command(name="plugins")
+def plugins_command() -> None:
+    """List every plugin: where it came from, its distribution and version, and what it registered."""
+    plugins = load_plugins()
+    table = Table(title="plugins")
+    for column in ("plugin", "source", "module", "distribution", "version", "registered"):
+        table.add_column(column)
+    for info in plugins.infos.values():
+        table.add_row(info.name, info.source, info.module, info.distribution, info.version, ", ".join(info.registered))
+    console.print(table)
+
+
+def _register_plugin_commands() -> None:
+    try:
+        plugins = load_plugins()
+    except MMCoreError:
+        return  # reported by whichever command loads plugins for real
+    plugins.hook.mmcore_register_commands(cli=main)
+
+
+_register_plugin_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Load a recipe: YAML files, ``include:`` chains, ``--set`` overrides, with every key traced to its file and line.
+
+Merge order (later wins), the one documented order: plugin defaults < included files (in the order listed,
+each after its own includes) < the recipe file itself < ``--set`` overrides. Mappings merge key by key; lists
+(``stages``, ``finetune``, ...) are replaced whole. Plugin defaults are applied by :mod:`mmcore.validate`.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmcore.errors import RecipeError
+
+KeyPath = tuple[str, ...]
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-5`` as a float (YAML 1.2 does; PyYAML's 1.1 rules read a string)."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`RecipeLoader`."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+
+
+@dataclass
+class Recipe:
+    """A merged recipe: ``data`` plus where each key came from (``origins`` maps key paths to (file, line))."""
+
+    path: Path
+    data: dict[str, Any]
+    origins: dict[KeyPath, tuple[str, int | None]] = field(default_factory=dict)
+
+    def where(self, key: KeyPath) -> tuple[str, int | None]:
+        """(file, line) of a key path, falling back to the nearest traced parent, then to the recipe file."""
+        for end in range(len(key), 0, -1):
+            if key[:end] in self.origins:
+                return self.origins[key[:end]]
+        return str(self.path), None
+
+    def error(self, key: KeyPath, message: str) -> RecipeError:
+        """A :class:`RecipeError` located at ``key``."""
+        file, line = self.where(key)
+        return RecipeError(message, file=file, key=format_key(key), line=line)
+
+
+def format_key(key: KeyPath) -> str:
+    """``stages[0].tasks.mlm`` style rendering of a key path."""
+    out = ""
+    for part in key:
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read ``path`` with its includes and apply ``--set`` overrides (``a.b.c=value``, value parsed as YAML)."""
+    path = Path(path)
+    data, origins = _load_with_includes(path.resolve(), chain=())
+    recipe = Recipe(path=path, data=data, origins=origins)
+    for item in overrides:
+        apply_override(recipe, item)
+    return recipe
+
+
+def _load_with_includes(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[KeyPath, tuple[str, int | None]]]:
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise RecipeError(f"cyclic include: {cycle}", file=str(chain[-1]), key="include")
+    raw, lines = _read_yaml(path)
+    merged: dict[str, Any] = {}
+    origins: dict[KeyPath, tuple[str, int | None]] = {}
+    includes = raw.pop("include", []) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise RecipeError("'include' must be a file path or a list of file paths", str(path), "include", lines.get(("include",)))
+    for index, name in enumerate(includes):
+        target = (path.parent / name).resolve()
+        if not target.is_file():
+            raise RecipeError(f"included file not found: {target}", str(path), f"include[{index}]",
+                              lines.get(("include", str(index)), lines.get(("include",))))
+        sub, sub_origins = _load_with_includes(target, (*chain, path))
+        _merge(merged, sub, origins, sub_origins, ())
+    own_origins = {key: (str(path), line) for key, line in lines.items() if key[:1] != ("include",)}
+    _merge(merged, raw, origins, own_origins, ())
+    return merged, origins
+
+
+def _merge(dst: dict[str, Any], src: dict[str, Any], origins: dict, src_origins: dict, prefix: KeyPath) -> None:
+    for key, value in src.items():
+        path = (*prefix, str(key))
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value, origins, src_origins, path)
+            if path in src_origins:
+                origins.setdefault(path, src_origins[path])
+        else:
+            dst[key] = copy.deepcopy(value)
+            for k in [k for k in origins if k[: len(path)] == path]:
+                del origins[k]
+            origins.update({k: v for k, v in src_origins.items() if k[: len(path)] == path})
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
+    """Parse one YAML file into a mapping and the 1-based line of every key path."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe: {exc.strerror}", file=str(path)) from None
+    try:
+        node = yaml.compose(text, Loader=RecipeLoader)
+        data = parse_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"invalid YAML: {problem}", file=str(path),
+                          line=mark.line + 1 if mark is not None else None) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a YAML mapping at the top level", file=str(path), line=1)
+    lines: dict[KeyPath, int] = {}
+    if node is not None:
+        _collect_lines(node, (), lines)
+    return data, lines
+
+
+def _collect_lines(node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = (*prefix, str(key_node.value))
+            lines[path] = key_node.start_mark.line + 1
+            _collect_lines(value_node, path, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            path = (*prefix, str(index))
+            lines[path] = item.start_mark.line + 1
+            _collect_lines(item, path, lines)
+
+
+def apply_override(recipe: Recipe, item: str) -> None:
+    """Apply one ``a.b.c=value`` override; list items are addressed by index or by their ``name``."""
+    if "=" not in item:
+        raise RecipeError(f"override {item!r} must look like key.path=value", file="--set")
+    dotted, _, raw_value = item.partition("=")
+    parts = [p for p in dotted.strip().split(".")]
+    if not dotted.strip() or any(not p for p in parts):
+        raise RecipeError(f"override {item!r} has an empty key", file="--set")
+    try:
+        value = parse_yaml(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError:
+        value = raw_value
+    node: Any = recipe.data
+    resolved: list[str] = []
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            index = _list_index(node, part)
+            if index is None:
+                names = [str(x.get("name")) for x in node if isinstance(x, dict) and "name" in x]
+                raise RecipeError(f"no item {part!r} in this list (by index 0..{len(node) - 1} or name: {', '.join(names)})",
+                                  file="--set", key=".".join(parts[: depth + 1]))
+            resolved.append(str(index))
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            resolved.append(part)
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise RecipeError(f"cannot set {part!r} inside a {type(node).__name__}", file="--set",
+                              key=".".join(parts[:depth]))
+    key = tuple(resolved)
+    for k in [k for k in recipe.origins if k[: len(key)] == key]:
+        del recipe.origins[k]
+    recipe.origins[key] = (f"--set {item}", None)
+
+
+def _list_index(items: list[Any], part: str) -> int | None:
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        return index if -len(items) <= index < len(items) else None
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and str(item.get("name")) == part:
+            return index
+    return None
+
+
+def dump_recipe(data: dict[str, Any]) -> str:
+    """YAML text of a resolved recipe, keys in their written order."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110)

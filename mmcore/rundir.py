@@ -1,0 +1,121 @@
+"""A run directory: resolved recipe, per-stage checkpoints, ``metrics.jsonl``, ``results.json``, ``summary.md``.
+
+Every file is written to a temporary name in the same directory and renamed, so a kill never leaves a
+half-written checkpoint or result behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from mmcore.errors import MMCoreError
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write ``path`` via ``write(file)`` into a temp file in the same directory, fsync, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text``."""
+    atomic_write(path, lambda f: f.write(text))
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """Atomically ``torch.save`` ``obj`` to ``path``."""
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
+
+
+def fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """A digest of a state dict's exact values (names, shapes, bytes), to prove which weights a stage began from."""
+    digest = hashlib.sha1()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+class RunDir:
+    """Paths and writers of one run directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, output_dir: Path, name: str, run_name: str | None = None, overwrite: bool = False) -> "RunDir":
+        """A fresh run directory ``output_dir/name/<run_name or timestamp>``."""
+        stamp = run_name or time.strftime("%Y%m%d-%H%M%S")
+        path = output_dir / name / stamp
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise MMCoreError(f"run directory {path} already exists; use --resume {path} to continue it "
+                              f"or --overwrite to start again")
+        if path.exists() and overwrite:
+            for child in ("results.json", "metrics.jsonl", "summary.md"):
+                (path / child).unlink(missing_ok=True)
+            for ckpt in path.glob("*/*/checkpoint.pt"):
+                ckpt.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Path) -> "RunDir":
+        """An existing run directory (for ``--resume``)."""
+        if not (path / "recipe.resolved.yaml").is_file():
+            raise MMCoreError(f"{path} is not a run directory (no recipe.resolved.yaml)")
+        return cls(path)
+
+    def stage_checkpoint(self, stage: str) -> Path:
+        """Where a pre-training stage's checkpoint lives."""
+        return self.path / "stages" / stage / "checkpoint.pt"
+
+    def finetune_checkpoint(self, name: str) -> Path:
+        """Where a fine-tuned model's checkpoint lives."""
+        return self.path / "finetune" / name / "checkpoint.pt"
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to ``metrics.jsonl`` (a torn last line is skipped by :meth:`read_metrics`)."""
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every complete record of ``metrics.jsonl``."""
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def read_results(self) -> dict[str, Any]:
+        """``results.json`` as a dict (empty if absent)."""
+        path = self.path / "results.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        """Atomically replace ``results.json``."""
+        atomic_write_text(self.path / "results.json", json.dumps(results, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,75 @@
+"""Results as tables: ``summary.md`` in the run directory and the rich table the CLI prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from mmcore.rundir import RunDir, atomic_write_text
+
+# Metrics shown first, in the order papers print them; anything else follows alphabetically.
+METRIC_ORDER = ["accuracy", "ir_r1", "ir_r5", "ir_r10", "tr_r1", "tr_r5", "tr_r10", "ir_mean", "tr_mean"]
+METRIC_LABELS = {"accuracy": "Acc", "ir_r1": "IR R@1", "ir_r5": "IR R@5", "ir_r10": "IR R@10", "tr_r1": "TR R@1",
+                 "tr_r5": "TR R@5", "tr_r10": "TR R@10", "ir_mean": "IR avg", "tr_mean": "TR avg"}
+
+
+def evaluation_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (one per evaluation, metrics in %) of a results dict."""
+    evaluations = {k: v for k, v in results.items() if not k.startswith("_")}
+    keys: list[str] = []
+    for result in evaluations.values():
+        for key in result.get("metrics", {}):
+            if key not in keys:
+                keys.append(key)
+    keys.sort(key=lambda k: (METRIC_ORDER.index(k) if k in METRIC_ORDER else len(METRIC_ORDER), k))
+    header = ["evaluation", "kind", "split", *[METRIC_LABELS.get(k, k) for k in keys]]
+    rows = []
+    for name, result in evaluations.items():
+        metrics = result.get("metrics", {})
+        cells = [f"{100 * metrics[k]:.2f}" if k in metrics else "–" for k in keys]
+        kind = result.get("kind", "")
+        if "skipped" in result:
+            kind += " (skipped)"
+        rows.append([name, kind, str(result.get("split", "")), *cells])
+    return header, rows
+
+
+def stage_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the pre-training stages (steps, samples, time, final loss)."""
+    header = ["stage", "steps", "samples", "seconds", "final loss"]
+    rows = [[name, str(m.get("steps", "")), str(m.get("samples", "")), str(m.get("seconds", "")),
+             f"{m['final_loss']:.4f}" if "final_loss" in m else "–"]
+            for name, m in results.get("_stages", {}).items()]
+    return header, rows
+
+
+def rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    """A rich table of the given rows."""
+    table = Table(title=title)
+    for index, column in enumerate(header):
+        table.add_column(column, justify="left" if index < 3 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_summary(run: RunDir, recipe: dict[str, Any], results: dict[str, Any]) -> None:
+    """Write ``summary.md``: the recipe's stages and tasks, the stage table and the evaluation table."""
+    lines = [f"# {recipe['name']}", "", f"Run directory: `{run.path}`", "", "## Curriculum", ""]
+    for stage in recipe["stages"]:
+        views = ", ".join(f"{d['dataset']}/{d['view']}" for d in stage["data"])
+        lines.append(f"- **{stage['name']}** ({views}): {' '.join(stage['tasks'])}; "
+                     f"{stage['epochs']} epochs, batch {stage['batch_size']}, lr {stage['optim']['lr']}")
+    if not recipe["stages"]:
+        lines.append("- no pre-training")
+    lines += ["", "## Pre-training", "", markdown_table(*stage_rows(results)), "",
+              "## Evaluations (%)", "", markdown_table(*evaluation_rows(results)), ""]
+    atomic_write_text(run.path / "summary.md", "\n".join(lines))

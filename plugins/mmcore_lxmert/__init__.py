@@ -1,1 +1,1 @@
-"""Built-in plugin package."""
+"""Built-in plugin: the LXMERT-S backbone (``lxmert_s``)."""

@@ -1,0 +1,216 @@
+"""The ``retrieval`` head: an ITM-style matching score, fine-tuned with three negatives per positive pair and
+evaluated by scoring the full caption × image matrix of a view (a cross-encoder has no shortcut)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from mmcore.api import (
+    IMAGE_FIELDS, TEXT_FIELDS, Backbone, Batch, DataInfo, EvalContext, Example, ExampleSource, Head, Task,
+)
+from mmcore.errors import MMCoreError
+from mmcore_heads.metrics import DEFAULT_KS, first_caption_tr, recall_at_k
+from mmcore_heads.vqa import bert_init
+
+NEGATIVE_KINDS = ("random_image", "hard_caption", "random_caption")
+# Bounded retries when a drawn negative happens to repeat the positive's text (synthetic scenes can share a
+# caption); after that the draw is kept, which only makes that one negative noisy.
+_RETRIES = 8
+
+
+class RetrievalHead(Head):
+    """Image-text retrieval: score = matched minus mismatched logit of Linear(H,2) on pooled; IR/TR R@1/5/10."""
+
+    name: ClassVar[str] = "retrieval"
+    requires: ClassVar[frozenset[str]] = frozenset({"text", "visual_feats", "visual_pos", "img_id"})
+    defaults: ClassVar[dict[str, Any]] = {
+        "init_from": ["itm_hs", "itm"],  # pre-training tasks whose ITM classifier seeds `match`, first found wins
+        "negatives": list(NEGATIVE_KINDS),  # one negative of each listed kind per positive pair
+        "hard_pool": 100,  # hard captions come from the first this-many hard-negative images (ViLBERT: 100)
+        "eval_batch_pairs": 512,  # (caption, image) pairs per forward pass in evaluation
+        "ks": list(DEFAULT_KS),
+    }
+
+    def __init__(self, info: DataInfo, hidden_size: int, pretrained: dict[str, Task], **options: Any) -> None:
+        super().__init__(info, hidden_size, pretrained, **options)
+        self.hidden_size = hidden_size
+        self.negatives: tuple[str, ...] = tuple(_as_list(self.options["negatives"]))
+        unknown = [n for n in self.negatives if n not in NEGATIVE_KINDS]
+        if unknown:
+            raise MMCoreError(f"head 'retrieval': unknown negatives {unknown}; known: {', '.join(NEGATIVE_KINDS)}")
+        self.ks: tuple[int, ...] = tuple(int(k) for k in _as_list(self.options["ks"]))
+        self.match = nn.Linear(hidden_size, 2)
+        bert_init(self.match)
+        self.initialized_from: str | None = None
+        self.zero_shot_ready = False
+        for task_name in _as_list(self.options["init_from"]):
+            classifier = getattr(pretrained.get(task_name), "classifier", None)
+            if classifier is not None:
+                self._copy_classifier(task_name, classifier)
+                break
+
+    def _copy_classifier(self, task_name: str, classifier: Any) -> None:
+        if not isinstance(classifier, nn.Linear) or tuple(classifier.weight.shape) != (2, self.hidden_size):
+            raise MMCoreError(
+                f"head 'retrieval': task {task_name!r} has a classifier that is not Linear({self.hidden_size}, 2)"
+            )
+        with torch.no_grad():
+            # A copy, not a shared module: fine-tuning must not change the pre-trained task.
+            self.match.weight.copy_(classifier.weight)
+            if classifier.bias is None:
+                self.match.bias.zero_()
+            else:
+                self.match.bias.copy_(classifier.bias)
+        self.initialized_from = task_name
+        self.zero_shot_ready = True
+
+    def primary_metric(self) -> str:
+        """Image retrieval R@1."""
+        return "ir_r1"
+
+    # ---- scoring and training -------------------------------------------------------------------------------
+
+    def scores(self, backbone: Backbone, batch: Batch) -> Tensor:
+        """Matching score [B] = logit[1] − logit[0], so sigmoid(score) is softmax(ITM)[matched]."""
+        logits = self.match(backbone.encode(batch).pooled).float()
+        return logits[:, 1] - logits[:, 0]
+
+    def loss(self, backbone: Backbone, batch: Batch) -> Tensor:
+        """BCE-with-logits of the matching score against ``match_label`` (1 = matched)."""
+        return F.binary_cross_entropy_with_logits(self.scores(backbone, batch), batch["match_label"].float())
+
+    def prepare(self, example: Example, source: ExampleSource, rng: random.Random) -> list[Example]:
+        """The positive pair plus one negative per kind in ``negatives`` (LXMERT-S: random image with the same
+        caption, same image with a hard caption, same image with a random caption)."""
+        text, img_id = example["text"], example["img_id"]
+        keys = [k for k in example if k in IMAGE_FIELDS]
+        own_image = {k: example[k] for k in keys}
+        out = [_pair(text, own_image, 1.0)]
+        for kind in self.negatives:
+            if kind == "random_image":
+                other = _random_other_image(source, img_id, text, rng)
+                out.append(_pair(text, _image_fields(source, other, keys), 0.0))
+            elif kind == "hard_caption":
+                out.append(_pair(self._hard_caption(source, img_id, text, rng), own_image, 0.0))
+            else:
+                out.append(_pair(_random_caption(source, img_id, text, rng), own_image, 0.0))
+        return out
+
+    def _hard_caption(self, source: ExampleSource, img_id: str, text: str, rng: random.Random) -> str:
+        pool = [h for h in list(source.hard_negatives(img_id)[: int(self.options["hard_pool"])]) if h != img_id]
+        captions_of = getattr(source, "captions_of", None)
+        if pool and captions_of is not None:
+            hard = pool[rng.randrange(len(pool))]
+            candidates = [c for c in captions_of(hard) if c != text]
+            if candidates:
+                return candidates[rng.randrange(len(candidates))]
+        # No hard image (or it has no usable caption): a random other image's caption, as the contract says.
+        return _random_caption(source, img_id, text, rng)
+
+    # ---- evaluation ----------------------------------------------------------------------------------------
+
+    def evaluate(self, backbone: Backbone, view: ExampleSource, ctx: EvalContext) -> dict[str, float]:
+        """IR/TR R@K over the full caption × image matrix, plus LXMERT-S's ``tr_first_caption_r{k}`` variant."""
+        caption_image = _retrieval_attr(view, "caption_image")
+        scores = self.score_matrix(backbone, view, ctx)
+        return {**recall_at_k(scores, caption_image, self.ks), **first_caption_tr(scores, caption_image, self.ks)}
+
+    def score_matrix(self, backbone: Backbone, view: ExampleSource, ctx: EvalContext) -> Tensor:
+        """Scores [C,I] of every caption of ``view`` against every image, in ``eval_batch_pairs``-sized passes.
+
+        Captions are tokenised once into fixed chunks and each image's fields are loaded once; a pass pairs a
+        group of images with one caption chunk by repeating tensors, so there is no per-pair Python work.
+        """
+        captions: Sequence[str] = _retrieval_attr(view, "captions")
+        images: Sequence[str] = _retrieval_attr(view, "images")
+        num_captions, num_images = len(captions), len(images)
+        if num_captions == 0 or num_images == 0:
+            raise MMCoreError("head 'retrieval': the evaluation view has no captions or no images")
+        pairs = max(1, int(self.options["eval_batch_pairs"]))
+        chunk = min(num_captions, pairs)
+        # With few captions, several images share a pass so the batch still holds about `pairs` pairs.
+        group = max(1, pairs // chunk)
+        text_chunks = [
+            (start, _tensors(ctx.collate([{"text": c} for c in captions[start : start + chunk]]), TEXT_FIELDS))
+            for start in range(0, num_captions, chunk)
+        ]
+        scores = torch.empty(num_captions, num_images, dtype=torch.float32, device=ctx.device)
+        advance = ctx.progress(num_captions * num_images, "retrieval: scoring caption × image pairs")
+        for first in range(0, num_images, group):
+            ids = images[first : first + group]
+            vision = _tensors(ctx.collate([view.image(i) for i in ids]), IMAGE_FIELDS)
+            g = len(ids)
+            for start, text in text_chunks:
+                n = next(iter(text.values())).shape[0]
+                # Image-major layout: pair (image a, caption b) sits at row a*n + b.
+                batch: Batch = {k: v.repeat(g, *([1] * (v.dim() - 1))) for k, v in text.items()}
+                batch.update({k: v.repeat_interleave(n, dim=0) for k, v in vision.items()})
+                scores[start : start + n, first : first + g] = self.scores(backbone, batch).view(g, n).T
+                advance(g * n)
+        return scores
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [value] if isinstance(value, (str, int)) else list(value)
+
+
+def _pair(text: str, image: Example, label: float) -> Example:
+    return {"text": text, **image, "match_label": label}
+
+
+def _tensors(batch: Batch, keys: frozenset[str]) -> dict[str, Tensor]:
+    return {k: v for k, v in batch.items() if k in keys and isinstance(v, Tensor)}
+
+
+def _image_fields(source: ExampleSource, img_id: str, keys: list[str]) -> Example:
+    image = source.image(img_id)
+    missing = [k for k in keys if k not in image]
+    if missing:
+        raise MMCoreError(f"head 'retrieval': image {img_id!r} of the view lacks fields {missing}")
+    return {k: image[k] for k in keys}
+
+
+def _retry(draw: Callable[[], Any], bad: Callable[[Any], bool]) -> Any:
+    value = draw()
+    for _ in range(_RETRIES):
+        if not bad(value):
+            break
+        value = draw()
+    return value
+
+
+def _random_other_image(source: ExampleSource, img_id: str, text: str, rng: random.Random) -> str:
+    ids = source.image_ids()
+    if len(ids) < 2:
+        raise MMCoreError("head 'retrieval': a random-image negative needs a view with at least two images")
+
+    def draw() -> str:
+        # Rejection is cheap when the view has many images; the scan only guards a view of one repeated id.
+        for _ in range(64):
+            other = ids[rng.randrange(len(ids))]
+            if other != img_id:
+                return other
+        others = [i for i in ids if i != img_id]
+        if not others:
+            raise MMCoreError(f"head 'retrieval': the view has no image other than {img_id!r}")
+        return others[rng.randrange(len(others))]
+
+    captions_of = getattr(source, "captions_of", None)
+    if captions_of is None:
+        return draw()
+    return _retry(draw, lambda other: text in captions_of(other))
+
+
+def _random_caption(source: ExampleSource, img_id: str, text: str, rng: random.Random) -> str:
+    return _retry(lambda: source.random_text(rng, img_id), lambda other: other == text)
+
+
+def _retrieval_attr(view: Any, name: str) -> Any:
+    if not hasattr(view, name):
+        raise MMCoreError(f"head 'retrieval' needs a retrieval view (with `{name}`); got {type(view).__name__}")
+    return getattr(view, name)

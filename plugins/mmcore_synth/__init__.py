@@ -1,1 +1,1 @@
-"""Built-in plugin package."""
+"""Built-in plugin: the ``synthworld`` dataset, a seeded COCO + Visual Genome look-alike generated on demand."""

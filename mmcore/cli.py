@@ -19,7 +19,13 @@ from mmcore.recipe import Recipe, dump_recipe, load_recipe
 from mmcore.summary import evaluation_rows, rich_table, stage_rows
 from mmcore.validate import resolve, strip_private
 
-console = Console()
+def _stdout_console() -> Console:
+    """A console for tables: the terminal's width, or wide enough not to cut columns when piped to a file."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=max(probe.width, 220))
+
+
+console = _stdout_console()
 err_console = Console(stderr=True)
 
 
@@ -101,6 +107,7 @@ def run(recipe: str | None, overrides: tuple[str, ...], resume: Path | None, run
     reporter = Reporter(err_console, quiet=quiet)
     reporter.message(f"[bold]mmcore[/bold] run [cyan]{resolved['name']}[/cyan] → {run_dir.path}")
     results = Engine(resolved, plugins, run_dir, reporter, cache_dir).execute()
+    console = _stdout_console()
     console.print(rich_table("pre-training", *stage_rows(results)))
     console.print(rich_table(f"results (%) — {run_dir.path}", *evaluation_rows(results)))
 

@@ -115,7 +115,8 @@ def test_resume_skips_finished_stages_and_evaluations(tmp_path, cache_dir):
 def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, cache_dir):
     recipe = write_recipe(tmp_path, TINY.replace("max_steps: 3", "max_steps: 1"))
     args = ["run", str(recipe), "--output-dir", str(tmp_path / "runs"), "--run-name", "x", "--cache-dir", str(cache_dir),
-            "--quiet", "--set", "finetune=[]", "--set", "zero_shot=[]", "--set", "stages=[]"]
+            "--quiet", "--set", "finetune=[]", "--set", "zero_shot=[]", "--set", "stages.phrase.max_steps=1",
+            "--set", "stages.sentence.max_steps=1"]
     run_cli(args)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "already exists" in result.output and "--resume" in result.output

@@ -37,7 +37,8 @@ def test_entry_point_plugin_registers_with_distribution(third_party):
     assert "task grounded_count" in info.registered
 
 
-def test_list_tasks_and_plugins_show_third_party(third_party):
+def test_list_tasks_and_plugins_show_third_party(third_party, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # rich sizes tables from COLUMNS when not on a terminal
     runner = CliRunner()
     result = runner.invoke(main, ["list-tasks"], terminal_width=200)
     assert result.exit_code == 0, result.output

@@ -238,6 +238,19 @@ class Dataset:
         raise NotImplementedError
 
 
+def init_bert_(module: nn.Module) -> nn.Module:
+    """BERT initialisation in place (Linear N(0, 0.02), zero biases, unit LayerNorm), as LXMERT's heads use."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.normal_(sub.weight, std=0.02)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.LayerNorm):
+            nn.init.ones_(sub.weight)
+            nn.init.zeros_(sub.bias)
+    return module
+
+
 def as_float_array(x: Any) -> np.ndarray:
     """A float32 numpy copy of ``x`` (helper for plugins building examples)."""
     return np.asarray(x, dtype=np.float32)

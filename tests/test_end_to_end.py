@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from mmcore.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-THIRD_PARTY = Path(__file__).parent / "third_party"
 
 TINY = """\
 name: tiny
@@ -132,14 +131,7 @@ def test_init_none_starts_from_fresh_weights(tmp_path, cache_dir):
     assert phrase["init"]["from"] is None and phrase["init"]["fingerprint"] != token["fingerprint"]
 
 
-def test_third_party_entry_point_task_runs_in_a_recipe(tmp_path, cache_dir, monkeypatch):
-    site = tmp_path / "site"
-    dist = site / "mmcore_grounded_count-0.3.1.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mmcore-grounded-count\nVersion: 0.3.1\n")
-    (dist / "entry_points.txt").write_text("[mmcore]\ngrounded = mmcore_grounded_count.plugin\n")
-    monkeypatch.syspath_prepend(str(THIRD_PARTY))
-    monkeypatch.syspath_prepend(str(site))
+def test_third_party_entry_point_task_runs_in_a_recipe(tmp_path, cache_dir, third_party):
     recipe = write_recipe(tmp_path, TINY.replace("tasks: {mlm: {}, mrfr: {}, moc: {}, ifrs: {shuffle_prob: 0.5}}",
                                                  "tasks: {mlm: {}, grounded_count: {scale: 2.0}}"))
     run_cli(["run", str(recipe), "--output-dir", str(tmp_path / "runs"), "--run-name", "t", "--cache-dir", str(cache_dir),

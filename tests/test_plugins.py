@@ -12,22 +12,6 @@ from mmcore.cli import main
 from mmcore.errors import PluginError
 from mmcore.plugins import load_plugins
 
-THIRD_PARTY = Path(__file__).parent / "third_party"
-
-
-@pytest.fixture
-def third_party(tmp_path, monkeypatch):
-    """Make ``mmcore-grounded-count`` an installed distribution with an ``mmcore`` entry point."""
-    site = tmp_path / "site"
-    dist = site / "mmcore_grounded_count-0.3.1.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mmcore-grounded-count\nVersion: 0.3.1\n")
-    (dist / "entry_points.txt").write_text("[mmcore]\ngrounded = mmcore_grounded_count.plugin\n")
-    monkeypatch.syspath_prepend(str(THIRD_PARTY))
-    monkeypatch.syspath_prepend(str(site))
-    return site
-
-
 def test_entry_point_plugin_registers_with_distribution(third_party):
     plugins = load_plugins()
     entry = plugins.registry.get("task", "grounded_count")

@@ -12,10 +12,11 @@ from torch.nn import functional as F
 
 from mmcore.api import (
     IMAGE_FIELDS, TEXT_FIELDS, Backbone, Batch, DataInfo, EvalContext, Example, ExampleSource, Head, Task,
+    init_bert_,
 )
 from mmcore.errors import MMCoreError
 from mmcore_heads.metrics import DEFAULT_KS, first_caption_tr, recall_at_k
-from mmcore_heads.vqa import bert_init
+
 
 NEGATIVE_KINDS = ("random_image", "hard_caption", "random_caption")
 # Bounded retries when a drawn negative happens to repeat the positive's text (synthetic scenes can share a
@@ -45,7 +46,7 @@ class RetrievalHead(Head):
             raise MMCoreError(f"head 'retrieval': unknown negatives {unknown}; known: {', '.join(NEGATIVE_KINDS)}")
         self.ks: tuple[int, ...] = tuple(int(k) for k in _as_list(self.options["ks"]))
         self.match = nn.Linear(hidden_size, 2)
-        bert_init(self.match)
+        init_bert_(self.match)
         self.initialized_from: str | None = None
         self.zero_shot_ready = False
         for task_name in _as_list(self.options["init_from"]):

@@ -8,21 +8,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mmcore.api import Backbone, Batch, DataInfo, EvalContext, ExampleSource, Head, Task
+from mmcore.api import Backbone, Batch, DataInfo, EvalContext, ExampleSource, Head, Task, init_bert_
 from mmcore.errors import MMCoreError
 from mmcore_heads.metrics import vqa_scores
-
-
-def bert_init(module: nn.Module) -> None:
-    """BERT's initialisation (normal std 0.02, zero bias, unit LayerNorm), which LXMERT applies to its heads."""
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            nn.init.normal_(sub.weight, std=0.02)
-            if sub.bias is not None:
-                nn.init.zeros_(sub.bias)
-        elif isinstance(sub, nn.LayerNorm):
-            nn.init.ones_(sub.weight)
-            nn.init.zeros_(sub.bias)
 
 
 class VQAHead(Head):
@@ -48,7 +36,7 @@ class VQAHead(Head):
             nn.Linear(hidden_size, width), nn.GELU(), nn.LayerNorm(width, eps=1e-12),
             nn.Linear(width, len(self.answers)),
         )
-        bert_init(self.logit_fc)
+        init_bert_(self.logit_fc)
         self.zero_shot_ready = False
 
     @property

@@ -6,20 +6,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from mmcore.api import init_bert_
+
 LAYER_NORM_EPS = 1e-12
-
-
-def init_bert_(module: nn.Module) -> nn.Module:
-    """BERT initialisation in place: Linear weights N(0, 0.02), biases 0, LayerNorm 1/0; returns ``module``."""
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            nn.init.normal_(sub.weight, std=0.02)
-            if sub.bias is not None:
-                nn.init.zeros_(sub.bias)
-        elif isinstance(sub, nn.LayerNorm):
-            nn.init.ones_(sub.weight)
-            nn.init.zeros_(sub.bias)
-    return module
 
 
 def transform(hidden: int, out: int | None = None) -> nn.Sequential:

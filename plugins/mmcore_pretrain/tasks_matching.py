@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from mmcore.api import TEXT_FIELDS, Backbone, BackboneOutput, Batch, DataInfo, Example, ExampleSource, Task
 
 from .fields import FORWARD_FIELDS
-from .heads import init_bert_
+from mmcore.api import init_bert_
 
 MATCHED, MISMATCHED = 1, 0
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import os
-import random
 import time
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mmcore.api import Backbone, Batch, Dataset, Example, ExampleSource, Head, Task
 from mmcore.data.collate import Collator, to_device
@@ -38,29 +37,29 @@ def pick_device(spec: str) -> torch.device:
 
 
 class EvalContext:
-    """The engine's :class:`mmcore.api.EvalContext`: device batches with a progress bar."""
+    """The engine's :class:`mmcore.api.EvalContext`: device batches with a progress bar.
+
+    Use it as a context manager: bars opened with :meth:`progress` are closed on exit even if a head stops
+    before reaching the total.
+    """
 
     def __init__(self, collator: Collator, device: torch.device, batch_size: int, reporter: Reporter) -> None:
         self.collator, self.device, self.batch_size, self.reporter = collator, device, batch_size, reporter
-        self._bar_stack: list[Any] = []
+        self._open_bars = ExitStack()
+
+    def __enter__(self) -> "EvalContext":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._open_bars.close()
 
     def collate(self, examples: list[Example]) -> Batch:
         """Tokenise and stack ``examples`` into a device batch."""
         return to_device(self.collator(examples), self.device)
 
-    def progress(self, total: int, description: str):
-        """Start a progress bar; returns ``advance(n)``; it closes when ``total`` is reached."""
-        manager = self.reporter.bar(description, total)
-        bar = manager.__enter__()
-
-        def advance(n: int = 1) -> None:
-            bar.advance(n)
-            if bar.done >= total:
-                manager.__exit__(None, None, None)
-
-        if total == 0:
-            manager.__exit__(None, None, None)
-        return advance
+    def progress(self, total: int, description: str) -> Callable[[int], None]:
+        """Start a progress bar of ``total`` units; returns ``advance(n)``."""
+        return self._open_bars.enter_context(self.reporter.bar(description, total)).advance
 
     def batches(self, examples: Sequence[Example], description: str) -> Iterator[Batch]:
         """Device batches over ``examples`` in order, with a progress bar."""
@@ -234,12 +233,11 @@ class Engine:
         if state["backbone"] is None:
             return {}
         backbone = self.build_backbone()
-        tasks: dict[str, Task] = {}
-        for stage in self.recipe["stages"]:
-            for name, task in self.build_tasks(stage, backbone).items():
-                if name in state["tasks"]:
-                    task.load_state_dict(state["tasks"][name])
-                    tasks[name] = task
+        # The last stage that trains a task decides its options; each task is built once.
+        last = {name: options for stage in self.recipe["stages"] for name, options in stage["tasks"].items()}
+        tasks = self.build_tasks({"tasks": {n: o for n, o in last.items() if n in state["tasks"]}}, backbone)
+        for name, task in tasks.items():
+            task.load_state_dict(state["tasks"][name])
         return tasks
 
     def _pretrained_backbone(self, state: dict[str, Any]) -> Backbone:
@@ -253,13 +251,12 @@ class Engine:
         entry = self.registry.get("head", item["head"])
         return entry.factory(self.info, hidden, pretrained, **item.get("options", {})).to(self.device)
 
-    def _evaluate(self, head: Head, backbone: Backbone, item: dict[str, Any], split: str, label: str) -> dict[str, float]:
+    def _evaluate(self, head: Head, backbone: Backbone, item: dict[str, Any], split: str) -> dict[str, float]:
         views, _ = self._views(item["data"], split)
-        ctx = EvalContext(Collator(self.tokenizer, item["max_text_len"]), self.device,
-                          self.recipe["eval_batch_size"], self.reporter)
         backbone.eval()
         head.eval()
-        with torch.no_grad():
+        with EvalContext(Collator(self.tokenizer, item["max_text_len"]), self.device,
+                         self.recipe["eval_batch_size"], self.reporter) as ctx, torch.no_grad():
             metrics = head.evaluate(backbone, views[0], ctx)
         return {k: float(v) for k, v in metrics.items()}
 
@@ -271,7 +268,7 @@ class Engine:
         if not head.zero_shot_ready:
             self.reporter.message(f"[yellow]zero-shot {item['name']}: skipped (no pre-trained head to start from)[/yellow]")
             return {**base, "skipped": "no pre-trained head for zero-shot (e.g. no ITM task was trained)"}
-        metrics = self._evaluate(head, backbone, item, split, f"zero-shot {item['name']}")
+        metrics = self._evaluate(head, backbone, item, split)
         return {**base, "metrics": metrics}
 
     def _finetune(self, item: dict[str, Any], state: dict[str, Any], pretrained: dict[str, Task]) -> dict[str, Any]:
@@ -293,7 +290,7 @@ class Engine:
             "name": item["name"], "backbone": backbone.state_dict(), "head": head.state_dict(), "step": result.steps,
             "mmcore_format": 1,
         })
-        metrics = self._evaluate(head, backbone, item, item["eval_split"], f"evaluate {item['name']}")
+        metrics = self._evaluate(head, backbone, item, item["eval_split"])
         self.plugins.hook.mmcore_stage_end(run=self, stage=item, metrics=metrics)
         return {"kind": "finetune", "head": item["head"], "split": item["eval_split"], "steps": result.steps,
                 "seconds": round(result.seconds, 1), "metrics": metrics}

@@ -7,7 +7,9 @@ Batch fields (one vocabulary for every plugin; see DESIGN.md):
 - ``visual_feats`` [B,O,F] float, ``visual_pos`` [B,O,4] float (x1,y1,x2,y2 in [0,1]),
   ``visual_mask`` [B,O] long (1 = a real region),
 - ``obj_labels`` / ``obj_conf`` / ``attr_labels`` / ``attr_conf`` [B,O] (detector output),
-- ``img_id`` list[str], ``text`` list[str].
+- ``img_id`` list[str], ``text`` list[str],
+- two-image examples (NLVR2) add the second image's fields with the suffix ``_1`` (``visual_feats_1``,
+  ``visual_pos_1``, ``visual_mask_1``, ``img_id_1``, ...: :data:`SECOND_IMAGE_FIELDS`).
 
 An *example* is the per-item dict a view yields: the same names without the batch dimension, numpy arrays for
 the visual fields and a plain ``text`` string (the collator tokenises). Tasks and heads add their own fields
@@ -34,6 +36,9 @@ IMAGE_FIELDS = frozenset(
     {"visual_feats", "visual_pos", "visual_mask", "obj_labels", "obj_conf", "attr_labels", "attr_conf", "img_id"}
 )
 PAIR_FIELDS = TEXT_FIELDS | IMAGE_FIELDS
+# The second image of a two-image example (NLVR2): the image fields with this suffix (``visual_feats_1``, ...).
+SECOND_IMAGE_SUFFIX = "_1"
+SECOND_IMAGE_FIELDS = frozenset(f + SECOND_IMAGE_SUFFIX for f in IMAGE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,10 @@ class Backbone(nn.Module):
     def word_embeddings(self) -> nn.Embedding:
         """The input word-embedding table (an MLM decoder ties its weights to it)."""
         raise NotImplementedError
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts by part, name -> count (``mmcore params`` prints them); default: ``total`` only."""
+        return {"total": sum(p.numel() for p in self.parameters())}
 
 
 BackboneFactory = Callable[[dict[str, Any], DataInfo], Backbone]
@@ -208,6 +217,11 @@ class Head(nn.Module):
     def primary_metric(self) -> str:
         """The metric that picks the best checkpoint (higher is better)."""
         return "accuracy"
+
+    def write_predictions(self, directory: Path) -> Path | None:
+        """Write the predictions of the last :meth:`evaluate` into ``directory`` in the task's submission format
+        and return the file; default: the head keeps none, nothing is written, ``None``."""
+        return None
 
 
 class Dataset:

@@ -1,4 +1,5 @@
-"""The lxmert_s backbone: shapes, padding invariance, LXMERT-S options, transformers compatibility, plugin."""
+"""The lxmert and lxmert_s backbones: shapes, padding invariance, LXMERT-S options, transformers compatibility,
+plugin, parameter counts."""
 
 from __future__ import annotations
 
@@ -6,24 +7,24 @@ from typing import Any
 
 import pytest
 import torch
+from mmcore_lxmert import plugin
+from mmcore_lxmert.layers import SingleModalityLayer, attention_bias
+from mmcore_lxmert.model import Lxmert, LxmertConfig, count_parameters
 from torch import Tensor
 
 from mmcore.api import BackboneOutput, DataInfo
 from mmcore.errors import MMCoreError
 from mmcore.registry import Registry
-from mmcore_lxmert import plugin
-from mmcore_lxmert.layers import SingleModalityLayer, attention_bias
-from mmcore_lxmert.model import LxmertS, LxmertSConfig, count_parameters
 
 VOCAB, FEAT, HIDDEN, HEADS, INTER = 50, 24, 32, 4, 64
-TINY = dict(vocab_size=VOCAB, visual_feat_dim=FEAT, hidden_size=HIDDEN, num_attention_heads=HEADS,
-            intermediate_size=INTER, x_layers=2, max_position_embeddings=40)
-OFF = dict(visual_cls=False, product_pooler=False, whole_word_positions=False)
+TINY = {"vocab_size": VOCAB, "visual_feat_dim": FEAT, "hidden_size": HIDDEN, "num_attention_heads": HEADS,
+        "intermediate_size": INTER, "x_layers": 2, "max_position_embeddings": 40}
+OFF = {"visual_cls": False, "product_pooler": False, "whole_word_positions": False}
 
 
-def tiny(**options: Any) -> LxmertS:
+def tiny(**options: Any) -> Lxmert:
     torch.manual_seed(0)
-    return LxmertS(LxmertSConfig(**{**TINY, **options})).eval()
+    return Lxmert(LxmertConfig(**{**TINY, **options})).eval()
 
 
 def batch(b: int = 3, t: int = 7, o: int = 5, seed: int = 1) -> dict[str, Tensor]:
@@ -44,12 +45,12 @@ def batch(b: int = 3, t: int = 7, o: int = 5, seed: int = 1) -> dict[str, Tensor
     }
 
 
-def run(model: LxmertS, data: dict[str, Tensor]) -> BackboneOutput:
+def run(model: Lxmert, data: dict[str, Tensor]) -> BackboneOutput:
     with torch.no_grad():
         return model(**data)
 
 
-def encoder_streams(model: LxmertS, data: dict[str, Tensor]) -> tuple[BackboneOutput, Tensor, Tensor]:
+def encoder_streams(model: Lxmert, data: dict[str, Tensor]) -> tuple[BackboneOutput, Tensor, Tensor]:
     """The output plus the encoder's raw language and vision streams (vision including any [CLS] region)."""
     seen: list[tuple[Tensor, Tensor]] = []
     handle = model.encoder.register_forward_hook(lambda _m, _i, out: seen.append(out))
@@ -64,7 +65,7 @@ def encoder_streams(model: LxmertS, data: dict[str, Tensor]) -> tuple[BackboneOu
 def test_output_shapes_exclude_visual_cls(visual_cls: bool) -> None:
     model = tiny(visual_cls=visual_cls, product_pooler=visual_cls)
     data = batch()
-    out, lang, visn = encoder_streams(model, data)
+    out, _lang, visn = encoder_streams(model, data)
     assert out.text.shape == (3, 7, HIDDEN)
     assert out.vision.shape == (3, 5, HIDDEN)
     assert out.pooled.shape == (3, HIDDEN)
@@ -74,7 +75,7 @@ def test_output_shapes_exclude_visual_cls(visual_cls: bool) -> None:
     assert model.word_embeddings() is model.embeddings.word_embeddings
 
 
-@pytest.mark.parametrize("options", [{}, OFF])
+@pytest.mark.parametrize("options", [{}, OFF, {"l_layers": 1, "r_layers": 2}], ids=["lxmert_s", "off", "full"])
 def test_padding_invariance(options: dict[str, bool]) -> None:
     model = tiny(**options)
     data = batch()
@@ -238,20 +239,39 @@ def test_plugin_registers_lxmert_s_with_every_option() -> None:
     assert "vocab_size" not in entry.defaults and "visual_feat_dim" not in entry.defaults
     small = {"hidden_size": HIDDEN, "num_attention_heads": HEADS, "intermediate_size": INTER, "x_layers": 1}
     model = entry.factory(small, info())
-    assert isinstance(model, LxmertS)
+    assert isinstance(model, Lxmert)
     assert model.config.vocab_size == VOCAB and model.config.visual_feat_dim == FEAT
     assert model.config.visual_cls and model.config.product_pooler and model.config.whole_word_positions
 
 
+def test_plugin_registers_full_lxmert_sharing_the_model() -> None:
+    registry = Registry()
+    plugin.mmcore_register_backbones(registry)
+    entry = registry.get("backbone", "lxmert")
+    assert (entry.defaults["l_layers"], entry.defaults["x_layers"], entry.defaults["r_layers"]) == (9, 5, 5)
+    assert not (entry.defaults["visual_cls"] or entry.defaults["product_pooler"]
+                or entry.defaults["whole_word_positions"])
+    assert set(entry.defaults) == set(registry.get("backbone", "lxmert_s").defaults)
+    small = {"hidden_size": HIDDEN, "num_attention_heads": HEADS, "intermediate_size": INTER,
+             "l_layers": 2, "x_layers": 1, "r_layers": 3}
+    model = entry.factory(small, info())
+    assert type(model) is Lxmert
+    assert (len(model.encoder.layer), len(model.encoder.x_layers), len(model.encoder.r_layers)) == (2, 1, 3)
+    assert model.visual_cls_embedding is None and model.visn_pooler is None
+    assert model.config.whole_word_positions is False
+
+
+@pytest.mark.parametrize("build", [plugin.build_lxmert_s, plugin.build_lxmert])
 @pytest.mark.parametrize("key", ["hidden_sise", "vocab_size"])
-def test_plugin_rejects_unknown_or_data_keys(key: str) -> None:
+def test_plugin_rejects_unknown_or_data_keys(build: Any, key: str) -> None:
     with pytest.raises(MMCoreError, match=key):
-        plugin.build_lxmert_s({key: 32}, info())
+        build({key: 32}, info())
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"l_layers": 9}, "l_layers"),
-    ({"r_layers": 5}, "r_layers"),
+    ({"l_layers": -1}, "l_layers"),
+    ({"r_layers": 1.5}, "r_layers"),
+    ({"x_layers": 0}, "x_layers"),
     ({"visual_cls": False}, "product_pooler"),
     ({"num_attention_heads": 5}, "multiple"),
     ({"hidden_dropout": 1.5}, "hidden_dropout"),
@@ -259,22 +279,54 @@ def test_plugin_rejects_unknown_or_data_keys(key: str) -> None:
 ])
 def test_config_errors_are_clear(options: dict[str, Any], message: str) -> None:
     with pytest.raises(MMCoreError, match=message):
-        LxmertSConfig(**{**TINY, **options})
+        LxmertConfig(**{**TINY, **options})
 
 
-def test_count_parameters_lxmert_s_shape() -> None:
+def paper_size(**options: Any) -> Lxmert:
+    """A paper-size backbone on the meta device: shapes only, no memory, no initialisation cost."""
     with torch.device("meta"):
-        model = LxmertS(LxmertSConfig(vocab_size=30522, visual_feat_dim=2048))
-        plain = LxmertS(LxmertSConfig(vocab_size=30522, visual_feat_dim=2048, **OFF))
-    total = count_parameters(model, transformer_only=False)
-    transformer = count_parameters(model, transformer_only=True)
-    embeddings = (30522 + 512 + 2) * 768
-    assert total - transformer == embeddings
-    # The paper's 84.3M is x_layers + visn_fc; the pooler(s), visual [CLS] and embedding LayerNorm come on top.
-    cross = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("encoder.x_layers", "encoder.visn_fc")))
-    assert abs(cross - 84.3e6) < 0.05e6
-    assert abs(count_parameters(plain, transformer_only=True) - 84.9e6) < 0.05e6  # transformers' count
-    assert transformer == count_parameters(plain, transformer_only=True) + 2048 + 768 * 768 + 768
+        return Lxmert(LxmertConfig(vocab_size=30522, visual_feat_dim=2048, **options))
+
+
+# Hand-computed at 768/12/3072: a BERT layer is 4 (768x768 + 768) attention + 2x768 LayerNorm
+# + (768x3072 + 3072) + (3072x768 + 768) + 2x768 = 7,087,872; a cross-modality layer is three attention blocks
+# (4 x 590,592 + 1,536 each) and two feed-forward blocks (2,362,368 + 2,361,600 each) = 16,539,648; the visual
+# feature encoder is (2048x768 + 768) + (4x768 + 768) + 2 LayerNorms = 1,580,544.
+BERT_LAYER, CROSS_LAYER, VISUAL_ENCODER = 7_087_872, 16_539_648, 1_580_544
+EMBEDDINGS = (30522 + 512 + 2) * 768 + 2 * 768
+POOLER = 768 * 768 + 768
+
+
+def test_parameter_counts_lxmert_s_match_paper_table_1() -> None:
+    counts = paper_size().parameter_counts()
+    assert counts["transformer"] == VISUAL_ENCODER + 5 * CROSS_LAYER == 84_278_784
+    assert abs(counts["transformer"] - 84.3e6) / 84.3e6 < 0.01
+    assert counts["language_layers"] == counts["relationship_layers"] == 0
+    assert counts["embeddings"] == EMBEDDINGS
+    assert counts["poolers"] == 2 * POOLER and counts["visual_cls"] == 2048
+    assert counts["total"] == counts["transformer"] + EMBEDDINGS + 2 * POOLER + 2048
+    # transformers' "excluding embeddings" count keeps the pooler and the embedding LayerNorm (84.9M).
+    plain = paper_size(**OFF).parameter_counts()
+    assert abs(plain["total"] - (30522 + 512 + 2) * 768 - 84.9e6) < 0.05e6
+
+
+def test_parameter_counts_full_lxmert_match_paper_table_1() -> None:
+    counts = paper_size(l_layers=9, x_layers=5, r_layers=5, **OFF).parameter_counts()
+    assert counts["language_layers"] == 9 * BERT_LAYER and counts["relationship_layers"] == 5 * BERT_LAYER
+    assert counts["transformer"] == VISUAL_ENCODER + 14 * BERT_LAYER + 5 * CROSS_LAYER == 183_508_992
+    assert abs(counts["transformer"] - 183.5e6) / 183.5e6 < 0.01
+    assert counts["total"] == counts["transformer"] + EMBEDDINGS + POOLER
+    assert abs(counts["total"] - (30522 + 512 + 2) * 768 - 184.1e6) < 0.05e6  # transformers' count
+
+
+def test_count_parameters_finds_backbones_inside_a_model() -> None:
+    backbone = tiny(l_layers=1, r_layers=1)
+    head = torch.nn.Linear(HIDDEN, 2)
+    model = torch.nn.ModuleDict({"backbone": backbone, "head": head})
+    assert count_parameters(model, transformer_only=True) == backbone.parameter_counts()["transformer"]
+    assert count_parameters(model, transformer_only=False) == backbone.parameter_counts()["total"] + 2 * HIDDEN + 2
+    with pytest.raises(ValueError, match="no Lxmert"):
+        count_parameters(head, transformer_only=True)
 
 
 def test_bf16_autocast_runs_and_stays_close() -> None:

@@ -1,1 +1,1 @@
-"""Built-in plugin: the LXMERT-S backbone (``lxmert_s``)."""
+"""Built-in plugin: the LXMERT backbones (``lxmert``, ``lxmert_s``) and their weights in and out."""

@@ -1,9 +1,17 @@
-"""LXMERT-S: LXMERT's cross-modality encoder alone (l=0, x=5, r=0), with LXMERT-S's visual [CLS] region,
+"""LXMERT and LXMERT-S, one implementation: ``l_layers`` language layers and ``r_layers`` object-relationship
+layers (both 0 in LXMERT-S), then ``x_layers`` cross-modality layers; optionally LXMERT-S's visual [CLS] region,
 product pooler and whole-word positions.
 
-Parameter names follow transformers' ``LxmertModel`` without the ``lxmert.`` prefix, so its weights (and the
-original ``bert.``-prefixed LXMERT checkpoints, once renamed) load by identical keys. LXMERT-S extras live under
-their own names: ``visual_cls_embedding`` and ``visn_pooler.dense``.
+Parameter names follow transformers' ``LxmertModel`` without the ``lxmert.`` prefix (``encoder.layer.N`` language,
+``encoder.r_layers.N`` relationship, ``encoder.x_layers.N`` cross-modality), so its weights and the original
+``bert.``-prefixed LXMERT checkpoints load by identical keys (see ``weights.py``). LXMERT-S extras live under their
+own names: ``visual_cls_embedding`` and ``visn_pooler.dense``.
+
+Parameter counts (``Lxmert.parameter_counts``): the paper's Table 1 counts "the Transformer part" only, which is
+the encoder, i.e. the visual feature encoder (``encoder.visn_fc``) plus every layer; word/position/token-type
+embeddings with their LayerNorm, the pooler(s), the visual [CLS] vector and task heads are not in it. At 768/12/3072
+with 2048-d features that gives 84,278,784 for LXMERT-S (paper: 84.3M) and 183,508,992 for LXMERT (paper: 183.5M).
+transformers' own "excluding embeddings" count adds the pooler and the embedding LayerNorm (84.9M / 184.1M).
 
 Deliberate differences from transformers/LXMERT: no ``padding_idx`` on the embedding tables (padded tokens are
 masked out of attention, so their rows never reach real tokens; every row trains), and the visual [CLS] feature
@@ -21,16 +29,20 @@ from torch import Tensor, nn
 
 from mmcore.api import Backbone, BackboneOutput
 from mmcore.errors import MMCoreError
-
-from mmcore_lxmert.layers import LAYER_NORM_EPS, CrossModalityLayer, SingleModalityLayer, attention_bias
+from mmcore_lxmert.layers import (
+    LAYER_NORM_EPS,
+    CrossModalityLayer,
+    SingleModalityLayer,
+    attention_bias,
+)
 
 # Options that come from the dataset (DataInfo), not from a recipe.
 DATA_FIELDS = ("vocab_size", "visual_feat_dim")
 
 
 @dataclass(frozen=True)
-class LxmertSConfig:
-    """Shape and options of an LXMERT(-S) encoder; ``vocab_size``/``visual_feat_dim`` come from ``DataInfo``."""
+class LxmertConfig:
+    """Shape and options of an LXMERT encoder (LXMERT-S by default); vocabulary and feature sizes from DataInfo."""
 
     vocab_size: int
     visual_feat_dim: int
@@ -70,9 +82,6 @@ class LxmertSConfig:
         if self.hidden_size % self.num_attention_heads:
             raise MMCoreError(f"lxmert hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
                               f"{self.num_attention_heads}")
-        if self.l_layers or self.r_layers:
-            raise MMCoreError(f"lxmert: l_layers={self.l_layers}, r_layers={self.r_layers}: only the LXMERT-S shape "
-                              "(l_layers=0, r_layers=0) is built so far; the full LXMERT (9/5/5) is not available yet")
         if self.layer_norm_eps <= 0:
             raise MMCoreError(f"lxmert option 'layer_norm_eps' must be positive, got {self.layer_norm_eps!r}")
         if self.product_pooler and not self.visual_cls:
@@ -87,7 +96,7 @@ class LxmertSConfig:
 class TextEmbeddings(nn.Module):
     """Word + position + token-type embeddings, LayerNorm, dropout (transformers' ``LxmertEmbeddings``)."""
 
-    def __init__(self, config: LxmertSConfig) -> None:
+    def __init__(self, config: LxmertConfig) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -110,7 +119,7 @@ class TextEmbeddings(nn.Module):
 class VisualFeatureEncoder(nn.Module):
     """Region feature and box encoder: ``(LN(fc(feat)) + LN(fc(box))) / 2`` then dropout (``encoder.visn_fc``)."""
 
-    def __init__(self, config: LxmertSConfig) -> None:
+    def __init__(self, config: LxmertConfig) -> None:
         super().__init__()
         self.visn_fc = nn.Linear(config.visual_feat_dim, config.hidden_size)
         self.visn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -128,7 +137,7 @@ class VisualFeatureEncoder(nn.Module):
 class Encoder(nn.Module):
     """Visual encoder, language (``layer``) and relationship (``r_layers``) stacks, then ``x_layers``."""
 
-    def __init__(self, config: LxmertSConfig) -> None:
+    def __init__(self, config: LxmertConfig) -> None:
         super().__init__()
         c = config
         shape = (c.hidden_size, c.num_attention_heads, c.intermediate_size, c.attention_dropout, c.hidden_dropout,
@@ -165,10 +174,10 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(hidden[:, 0]))
 
 
-class LxmertS(Backbone):
-    """The LXMERT-S backbone (cross-modality layers only), optionally with its visual [CLS] and product pooler."""
+class Lxmert(Backbone):
+    """The LXMERT backbone (``lxmert`` 9/5/5, ``lxmert_s`` 0/5/0), optionally with LXMERT-S's extras."""
 
-    def __init__(self, config: LxmertSConfig) -> None:
+    def __init__(self, config: LxmertConfig) -> None:
         super().__init__()
         self.config = config
         self.hidden_size = config.hidden_size
@@ -209,6 +218,10 @@ class LxmertS(Backbone):
             return torch.get_autocast_dtype(device.type)
         return self.pooler.dense.weight.dtype
 
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters by part (see :func:`parameter_counts`); ``transformer`` is the paper's Table 1 count."""
+        return parameter_counts(self)
+
     def forward(  # type: ignore[override]
         self,
         input_ids: Tensor,
@@ -248,21 +261,43 @@ class LxmertS(Backbone):
         return BackboneOutput(text=lang, vision=visn, pooled=pooled)
 
 
-_EMBEDDING_TABLES = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+def _numel(*modules: nn.Module | nn.Parameter | None) -> int:
+    params = {}
+    for m in modules:
+        if isinstance(m, nn.Parameter):
+            params[id(m)] = m
+        elif m is not None:
+            params.update((id(p), p) for p in m.parameters())
+    return sum(p.numel() for p in params.values())
+
+
+def parameter_counts(backbone: Lxmert) -> dict[str, int]:
+    """Parameters by part; ``transformer`` is the paper's Table 1 count (visual feature encoder + all layers)."""
+    encoder = backbone.encoder
+    counts = {
+        "visual_encoder": _numel(encoder.visn_fc),
+        "language_layers": _numel(encoder.layer),
+        "relationship_layers": _numel(encoder.r_layers),
+        "cross_layers": _numel(encoder.x_layers),
+        "transformer": _numel(encoder),
+        "embeddings": _numel(backbone.embeddings),
+        "poolers": _numel(backbone.pooler, backbone.visn_pooler),
+    }
+    if backbone.visual_cls_embedding is not None:
+        counts["visual_cls"] = backbone.visual_cls_embedding.numel()
+    counts["total"] = _numel(backbone)
+    return counts
 
 
 def count_parameters(model: nn.Module, transformer_only: bool) -> int:
-    """Parameters of ``model``; ``transformer_only`` counts only its LxmertS backbones minus the embedding tables.
+    """Parameters of ``model``; ``transformer_only`` counts only the encoders of its Lxmert backbones.
 
-    That is the paper's Table 1 convention: word/position/token-type embeddings and task heads excluded.
+    That is the paper's Table 1 convention: embeddings, poolers, the visual [CLS] vector and task heads excluded.
     Shared (tied) parameters count once.
     """
     if not transformer_only:
-        params = {id(p): p for p in model.parameters()}
-        return sum(p.numel() for p in params.values())
-    backbones = [m for m in model.modules() if isinstance(m, LxmertS)]
-    if not backbones:
-        raise ValueError(f"{type(model).__name__} contains no LxmertS backbone")
-    excluded = {id(getattr(b.embeddings, name).weight) for b in backbones for name in _EMBEDDING_TABLES}
-    params = {id(p): p for b in backbones for p in b.parameters() if id(p) not in excluded}
-    return sum(p.numel() for p in params.values())
+        return _numel(model)
+    encoders = [m.encoder for m in model.modules() if isinstance(m, Lxmert)]
+    if not encoders:
+        raise ValueError(f"{type(model).__name__} contains no Lxmert backbone")
+    return _numel(*encoders)

@@ -1,0 +1,49 @@
+"""``mmcore report RUN_DIRS...``: a Table-4-shaped comparison of runs, ``report.md`` and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mmcore.report import (
+    BASE_HEADER,
+    PLOTS_HINT,
+    collect,
+    plots_available,
+    table,
+    write_report,
+)
+
+
+@click.command(name="report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
+              help="Directory for report.md and the plots.")
+@click.option("--no-plots", is_flag=True, help="Write report.md only.")
+def report(run_dirs: tuple[Path, ...], out: Path, no_plots: bool) -> None:
+    """Compare runs like the paper's Table 4: stages, tasks, downstream metrics; write report.md and plots.
+
+    Each RUN_DIR is a run directory, a recipe's directory of runs (its newest complete run is used) or a
+    parent of those, e.g. mmcore report runs/ablations/*
+    """
+    from mmcore.cli import _stdout_console
+
+    err = Console(stderr=True)
+    runs = collect(run_dirs, note=lambda text: err.print(f"[dim]{escape(text)}[/dim]"))
+    header, rows = table(runs, bold=lambda s: f"[bold]{s}[/bold]")
+    # Recipe names and curricula are data, not markup; the metric cells carry the bold markup.
+    rows = [[escape(c) if index < len(BASE_HEADER) else c for index, c in enumerate(row)] for row in rows]
+    grid = Table(title=f"{len(runs)} run{'s' if len(runs) != 1 else ''} (metrics in %)")
+    for index, column in enumerate(header):
+        grid.add_column(escape(column), justify="left" if index < len(BASE_HEADER) else "right")
+    for row in rows:
+        grid.add_row(*row)
+    _stdout_console().print(grid)
+    written = write_report(runs, out, plots=not no_plots)
+    err.print(escape(f"wrote {', '.join(str(p) for p in written)}"), highlight=False)
+    if not no_plots and not plots_available():
+        err.print(f"[yellow]no plots: {escape(PLOTS_HINT)}[/yellow]")

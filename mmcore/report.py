@@ -1,0 +1,307 @@
+"""Compare finished runs the way the MSP paper's Table 4 does: curriculum, tasks, downstream metrics; plus plots.
+
+``collect(paths)`` reads run directories (or directories of runs), ``table(runs)`` builds the comparison,
+``write_report(runs, out)`` writes ``report.md`` and, when matplotlib is installed, PNG plots. Every file is
+written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmcore.data.fileio import atomic_path
+from mmcore.errors import MMCoreError
+from mmcore.rundir import RunDir
+from mmcore.runmany import RESOLVED, is_complete, missing_parts, read_run, run_dirs_in
+from mmcore.summary import markdown_table
+
+VIEW_LETTERS = {"token": "T", "phrase": "P", "sentence": "S"}
+TASK_ORDER = ["mlm", "mrfr", "moc", "tits", "itm_hs", "ifrs", "titp", "itm"]
+COUNT_WORDS = ["None", "Single", "Two", "Three"]
+PLOTS_HINT = 'matplotlib is not installed; pip install "mmcore[plots]" to draw them'
+
+
+@dataclass(frozen=True)
+class Column:
+    """A metric column: ``metric`` of the first evaluation of ``kind`` and ``head`` (or the one named ``name``)."""
+
+    label: str
+    kind: str
+    head: str
+    metric: str
+    name: str | None = None
+
+
+# Table 4's columns that synthworld can fill (IR/TR avg = mean of R@1, R@5, R@10), then R@1 of each.
+HEADLINE = [
+    Column("VQA acc", "finetune", "vqa", "accuracy"),
+    Column("IR avg", "finetune", "retrieval", "ir_mean"),
+    Column("ZS-IR avg", "zero_shot", "retrieval", "ir_mean"),
+    Column("TR avg", "finetune", "retrieval", "tr_mean"),
+    Column("ZS-TR avg", "zero_shot", "retrieval", "tr_mean"),
+    Column("IR R@1", "finetune", "retrieval", "ir_r1"),
+    Column("ZS-IR R@1", "zero_shot", "retrieval", "ir_r1"),
+    Column("TR R@1", "finetune", "retrieval", "tr_r1"),
+    Column("ZS-TR R@1", "zero_shot", "retrieval", "tr_r1"),
+]
+BASE_HEADER = ["recipe", "stage count", "stages used", "tasks"]
+
+
+@dataclass
+class RunInfo:
+    """One run directory as the report sees it."""
+
+    path: Path
+    recipe: dict[str, Any]
+    results: dict[str, Any]
+    label: str = ""
+    missing: list[str] = field(default_factory=list)
+
+    def evaluation(self, column: Column) -> dict[str, Any] | None:
+        """The results entry a column reads, if the run has it."""
+        for name, result in self.results.items():
+            if name.startswith("_") or not isinstance(result, dict):
+                continue
+            if column.name is not None and name == column.name:
+                return result
+            if column.name is None and result.get("kind") == column.kind and result.get("head") == column.head:
+                return result
+        return None
+
+    def value(self, column: Column) -> float | None:
+        """The column's metric as a fraction, or None (not evaluated, skipped, or absent)."""
+        result = self.evaluation(column)
+        value = (result or {}).get("metrics", {}).get(column.metric)
+        return float(value) if isinstance(value, (int, float)) else None
+
+
+def load_run(path: Path) -> RunInfo:
+    """Read one run directory."""
+    recipe, results = read_run(path)
+    missing = missing_parts(recipe, results) or ([] if (path / "results.json").exists() else ["results.json"])
+    return RunInfo(path=path, recipe=recipe, results=results, label=str(recipe.get("name") or path.name),
+                   missing=missing)
+
+
+def collect(paths: Sequence[Path], note: Callable[[str], None] = lambda _: None) -> list[RunInfo]:
+    """Runs for each path: a run directory, a directory of runs of one recipe (its newest complete run, else its
+    newest), or a directory of such directories. ``note`` hears which run stood for several."""
+    runs: list[RunInfo] = []
+    for path in paths:
+        if (path / RESOLVED).is_file():
+            runs.append(load_run(path))
+            continue
+        picked = _pick(path, note)
+        if picked is not None:
+            runs.append(load_run(picked))
+            continue
+        children = [p for p in sorted(path.iterdir()) if p.is_dir()] if path.is_dir() else []
+        found = [run for run in (_pick(child, note) for child in children) if run is not None]
+        if not found:
+            raise MMCoreError(f"{path} is not a run directory (no {RESOLVED}) and holds no run directories")
+        runs.extend(load_run(run) for run in found)
+    _unique_labels(runs)
+    return runs
+
+
+def _pick(directory: Path, note: Callable[[str], None]) -> Path | None:
+    runs = run_dirs_in(directory)
+    if len(runs) <= 1:
+        return runs[0] if runs else None
+    complete = [run for run in runs if is_complete(run)]
+    chosen = (complete or runs)[-1]
+    note(f"{directory}: {len(runs)} runs, reporting {chosen.name} (the newest{' complete' if complete else ''} one)")
+    return chosen
+
+
+def _unique_labels(runs: list[RunInfo]) -> None:
+    labels = [run.label for run in runs]
+    for run in runs:
+        if labels.count(run.label) > 1:
+            run.label = f"{run.label} ({run.path.name})"
+
+
+def stage_label(stage: dict[str, Any]) -> str:
+    """A stage's views as Table 4 writes them: ``S`` for one view, ``T + P + S`` for a mixture."""
+    return " + ".join(VIEW_LETTERS.get(str(d.get("view")), str(d.get("view"))) for d in stage.get("data") or [])
+
+
+def curriculum(recipe: dict[str, Any]) -> tuple[str, str, str]:
+    """(stage count, stages used, tasks) of a resolved recipe, in Table 4's words and paper task order."""
+    stages = recipe.get("stages") or []
+    count = COUNT_WORDS[len(stages)] if len(stages) < len(COUNT_WORDS) else str(len(stages))
+    used = " → ".join(stage_label(s) for s in stages) or "vanilla"
+    names: list[str] = []
+    for stage in stages:
+        names += [n for n in stage.get("tasks") or {} if n not in names]
+    names.sort(key=lambda n: TASK_ORDER.index(n) if n in TASK_ORDER else len(TASK_ORDER))
+    return count, used, " ".join(n.upper() for n in names) or "–"
+
+
+def columns(runs: Sequence[RunInfo]) -> list[Column]:
+    """The headline columns any run has a value for, then every metric of other evaluations (by name)."""
+    out = [c for c in HEADLINE if any(run.value(c) is not None for run in runs)]
+    headline_kinds = {(c.kind, c.head) for c in HEADLINE}
+    for run in runs:
+        for name, result in run.results.items():
+            if name.startswith("_") or not isinstance(result, dict):
+                continue
+            if (result.get("kind"), result.get("head")) in headline_kinds:
+                continue
+            for metric in result.get("metrics", {}):
+                column = Column(f"{name} {metric}", str(result.get("kind")), str(result.get("head")), metric, name)
+                if column not in out:
+                    out.append(column)
+    return out
+
+
+def in_table_order(runs: Sequence[RunInfo]) -> list[RunInfo]:
+    """Runs grouped by stage count as Table 4 is, in the given order within a group."""
+    return sorted(runs, key=lambda run: len(run.recipe.get("stages") or []))
+
+
+def table(runs: Sequence[RunInfo], bold: Callable[[str], str] = lambda s: s) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (metrics in %) in :func:`in_table_order`; a column's best value, where several runs have
+    one, passes through ``bold``."""
+    cols = columns(runs)
+    best = {}
+    for column in cols:
+        values = [v for v in (run.value(column) for run in runs) if v is not None]
+        best[column] = max(values) if len(values) > 1 else None
+    rows = []
+    for run in in_table_order(runs):
+        name = run.label + (" (incomplete)" if run.missing else "")
+        cells = []
+        for column in cols:
+            value = run.value(column)
+            text = "–" if value is None else f"{100 * value:.2f}"
+            cells.append(bold(text) if value is not None and value == best[column] else text)
+        rows.append([name, *curriculum(run.recipe), *cells])
+    return [*BASE_HEADER, *(c.label for c in cols)], rows
+
+
+def loss_curves(run: RunInfo) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """Per stage, per task: (steps, losses) from ``metrics.jsonl``; a stage retrained after an interruption keeps
+    only its last attempt (its steps restart)."""
+    stages = {s["name"]: list(s.get("tasks") or {}) for s in run.recipe.get("stages") or []}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in stages}
+    for record in RunDir(run.path).read_metrics():
+        scope = record.get("scope")
+        if scope not in rows or not isinstance(record.get("step"), int):
+            continue
+        if rows[scope] and record["step"] <= rows[scope][-1]["step"]:
+            rows[scope] = []
+        rows[scope].append(record)
+    out = {}
+    for stage, records in rows.items():
+        curves = {}
+        for task in stages[stage]:
+            points = [(r["step"], float(r[task])) for r in records if isinstance(r.get(task), (int, float))]
+            if points:
+                curves[task] = ([p[0] for p in points], [p[1] for p in points])
+        if curves:
+            out[stage] = curves
+    return out
+
+
+def _file_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "run"
+
+
+def write_report(runs: Sequence[RunInfo], out: Path, plots: bool = True) -> list[Path]:
+    """Write ``report.md`` (and the PNG plots when ``plots`` and matplotlib allow) into ``out``; return the files."""
+    header, rows = table(runs, bold=lambda s: f"**{s}**")
+    figure = _figure_class() if plots else None
+    written: list[Path] = []
+    images: list[tuple[str, str]] = []
+    if figure is not None:
+        bars = _plot_downstream(figure, runs, out / "downstream.png")
+        if bars is not None:
+            written.append(bars)
+            images.append(("Downstream metrics (%)", bars.name))
+        for run in in_table_order(runs):
+            path = _plot_losses(figure, run, out / f"losses_{_file_name(run.label)}.png")
+            if path is not None:
+                written.append(path)
+                images.append((f"Pre-training losses: {run.label}", path.name))
+    lines = ["# Pre-training ablations", "",
+             ("Metrics in % on each evaluation's split. IR/TR avg: mean of R@1, R@5 and R@10 (as in the paper's "
+              "Table 4); ZS: zero-shot, from the pre-trained image-text matching head; –: not evaluated or skipped; "
+              "the best value of each column is bold."), "", markdown_table(header, rows), "", "## Runs", ""]
+    for run in in_table_order(runs):
+        state = "complete" if not run.missing else f"incomplete, missing: {', '.join(run.missing)}"
+        lines.append(f"- `{run.label}`: `{run.path}` ({state})")
+    lines += ["", "## Plots", ""]
+    if figure is None:
+        lines.append("No plots: " + (PLOTS_HINT if plots else "not requested") + ".")
+    for title, name in images:
+        lines += [f"### {title}", "", f"![{title}]({name})", ""]
+    path = out / "report.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return [path, *written]
+
+
+def _figure_class() -> Any | None:
+    """matplotlib's ``Figure`` (no pyplot, so no global backend state), or None when it is not installed."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return Figure
+
+
+def plots_available() -> bool:
+    """Whether matplotlib (the ``plots`` extra) is installed."""
+    return _figure_class() is not None
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def _plot_downstream(figure: Any, runs: Sequence[RunInfo], path: Path) -> Path | None:
+    cols = [c for c in columns(runs) if c in HEADLINE] or columns(runs)
+    if not cols:
+        return None
+    runs = in_table_order(runs)
+    width = 0.8 / len(runs)
+    fig = figure(figsize=(min(40.0, 2.0 + len(cols) * (0.3 * len(runs) + 0.5)), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for index, run in enumerate(runs):
+        points = [(i, 100 * v) for i, c in enumerate(cols) if (v := run.value(c)) is not None]
+        if points:
+            ax.bar([i - 0.4 + width * (index + 0.5) for i, _ in points], [v for _, v in points], width, label=run.label)
+    ax.set_xticks(range(len(cols)), [c.label for c in cols])
+    ax.set_ylabel("%")
+    ax.set_title("downstream metrics")
+    ax.legend(fontsize="small", ncols=max(1, math.ceil(len(runs) / 8)), loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def _plot_losses(figure: Any, run: RunInfo, path: Path) -> Path | None:
+    curves = loss_curves(run)
+    if not curves:
+        return None
+    views = {s["name"]: stage_label(s) for s in run.recipe.get("stages") or []}
+    fig = figure(figsize=(4.5 * len(curves), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    for ax, (stage, tasks) in zip(axes, curves.items()):
+        for task, (steps, losses) in tasks.items():
+            ax.plot(steps, losses, label=task.upper())
+        # IFRS sits ~25x above the other losses at CPU width; a log axis keeps every curve readable.
+        if all(v > 0 for _, losses in tasks.values() for v in losses):
+            ax.set_yscale("log")
+        ax.set_title(f"{stage} ({views.get(stage, '')})")
+        ax.set_xlabel("step")
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel("training loss")
+    fig.suptitle(run.label)
+    return _save(fig, path)

@@ -1,0 +1,125 @@
+"""Run several recipes one after another under one parent directory; complete runs are skipped, partial ones resumed.
+
+A run directory is *complete* when its ``results.json`` records every stage (``_stages``) and every zero-shot and
+fine-tuning entry its ``recipe.resolved.yaml`` names: exactly what the engine itself skips on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmcore.errors import MMCoreError
+from mmcore.plugins import Plugins
+from mmcore.progress import Reporter
+from mmcore.recipe import dump_recipe, parse_yaml
+from mmcore.validate import strip_private
+
+RESOLVED = "recipe.resolved.yaml"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one recipe of a multi-recipe run: ``status`` is new, resumed or skipped."""
+
+    name: str
+    status: str
+    path: Path
+
+
+def missing_parts(recipe: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """The stages and evaluations of ``recipe`` that ``results`` does not record yet (empty: the run is complete)."""
+    done_stages = results.get("_stages", {})
+    missing = [f"stage {s['name']}" for s in recipe.get("stages") or [] if s["name"] not in done_stages]
+    for section in ("zero_shot", "finetune"):
+        missing += [f"{section} {item['name']}" for item in recipe.get(section) or [] if item["name"] not in results]
+    return missing
+
+
+def read_run(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(resolved recipe, results) of a run directory; results are empty when nothing finished yet."""
+    try:
+        recipe = parse_yaml((path / RESOLVED).read_text(encoding="utf-8"))
+        results_path = path / "results.json"
+        results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise MMCoreError(f"{path}: cannot read the run directory: {exc}") from None
+    if not isinstance(recipe, dict) or not isinstance(results, dict):
+        raise MMCoreError(f"{path}: {RESOLVED} or results.json is not a mapping")
+    return recipe, results
+
+
+def is_complete(path: Path) -> bool:
+    """Whether the run directory at ``path`` has finished every stage and evaluation of its recipe."""
+    recipe, results = read_run(path)
+    return (path / "results.json").exists() and not missing_parts(recipe, results)
+
+
+def run_dirs_in(path: Path) -> list[Path]:
+    """The run directories directly under ``path``, oldest first (by last write of their results)."""
+    if not path.is_dir():
+        return []
+    found = [child for child in path.iterdir() if (child / RESOLVED).is_file()]
+    return sorted(found, key=_last_write)
+
+
+def _last_write(path: Path) -> float:
+    results = path / "results.json"
+    return (results if results.exists() else path / RESOLVED).stat().st_mtime
+
+
+def find_previous(recipe_dir: Path, resolved_text: str, run_name: str | None) -> tuple[Path | None, bool]:
+    """An earlier run of exactly this resolved recipe under ``recipe_dir``: (path or None, complete?).
+
+    With ``run_name`` only that directory counts, and it must hold the same recipe. Without, the newest
+    complete run wins, else the newest partial one; runs of an edited recipe are left alone.
+    """
+    if run_name is not None:
+        path = recipe_dir / run_name
+        if not (path / RESOLVED).is_file():
+            return None, False
+        if (path / RESOLVED).read_text(encoding="utf-8") != resolved_text:
+            raise MMCoreError(f"run directory {path} holds a different version of this recipe; use --overwrite to "
+                              f"start it again or another --run-name")
+        return path, is_complete(path)
+    same = [p for p in run_dirs_in(recipe_dir) if (p / RESOLVED).read_text(encoding="utf-8") == resolved_text]
+    complete = [p for p in same if is_complete(p)]
+    if complete:
+        return complete[-1], True
+    return (same[-1], False) if same else (None, False)
+
+
+def run_many(prepared: Sequence[tuple[Plugins, dict[str, Any]]], *, output_dir: Path | None, run_name: str | None,
+             overwrite: bool, cache_dir: Path | None, reporter: Reporter) -> list[Outcome]:
+    """Run each (plugins, resolved recipe) into ``<output dir>/<name>/...`` in turn; skip complete, resume partial."""
+    from mmcore.engine import Engine
+    from mmcore.rundir import RunDir, atomic_write_text
+
+    names = [resolved["name"] for _, resolved in prepared]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise MMCoreError(f"several recipes are named {', '.join(map(repr, twice))}; each needs its own 'name' "
+                          f"because each runs into <output dir>/<name>/")
+    outcomes = []
+    for index, (plugins, resolved) in enumerate(prepared, 1):
+        name = resolved["name"]
+        parent = output_dir or Path(resolved["output_dir"])
+        text = dump_recipe(strip_private(resolved))
+        previous, complete = (None, False) if overwrite else find_previous(parent / name, text, run_name)
+        head = f"[bold]recipe {index}/{len(prepared)}[/bold]: [cyan]{name}[/cyan]"
+        if previous is not None and complete:
+            reporter.message(f"{head} complete in {previous}, skipped")
+            outcomes.append(Outcome(name, "skipped", previous))
+            continue
+        if previous is not None:
+            run_dir, status = RunDir.open(previous), "resumed"
+        else:
+            run_dir, status = RunDir.create(parent, name, run_name, overwrite), "new"
+            atomic_write_text(run_dir.path / RESOLVED, text)
+        reporter.message(f"{head} → {run_dir.path}" + (" (resuming)" if status == "resumed" else ""))
+        Engine(resolved, plugins, run_dir, reporter, cache_dir).execute()
+        outcomes.append(Outcome(name, status, run_dir.path))
+    return outcomes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from mmcore import __version__
-from mmcore.errors import MMCoreError
+from mmcore.cli_data import data as data_group
+from mmcore.cli_report import report as report_command
+from mmcore.errors import MMCoreError, PluginError
 from mmcore.plugins import Plugins, load_plugins
 from mmcore.progress import Reporter
 from mmcore.recipe import Recipe, dump_recipe, load_recipe
 from mmcore.summary import evaluation_rows, rich_table, stage_rows
 from mmcore.validate import resolve, strip_private
+
 
 def _stdout_console() -> Console:
     """A console for tables: the terminal's width, or wide enough not to cut columns when piped to a file."""
@@ -64,11 +68,31 @@ def recipe_plugin_paths(recipe: Recipe) -> list[Path]:
     return paths
 
 
+def _locate_plugin_error(exc: PluginError, recipe: Recipe, paths: list[Path]) -> MMCoreError:
+    """A recipe plugin that failed to load: the error located at its ``plugins:`` entry and at the plugin's line."""
+    for index, path in enumerate(paths):
+        if str(path) not in str(exc):
+            continue
+        cause = exc.__cause__
+        if cause is None:
+            return recipe.error(("plugins", str(index)), str(exc))
+        # SyntaxError's text already names the file and line; otherwise the plugin's deepest frame does.
+        lines = [] if isinstance(cause, SyntaxError) else [
+            frame.lineno for frame in traceback.extract_tb(cause.__traceback__) if frame.filename == str(path)]
+        at = f" (at {path.name}:{lines[-1]})" if lines else ""
+        return recipe.error(("plugins", str(index)),
+                            f"plugin file {path} failed to import: {type(cause).__name__}: {cause}{at}")
+    return exc
+
+
 def prepare_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[Recipe, Plugins, dict[str, Any]]:
     """Load a recipe, load the plugins it names, validate it: (recipe, plugins, resolved)."""
     recipe = load_recipe(path, overrides)
     plugin_paths = recipe_plugin_paths(recipe)
-    plugins = load_plugins(plugin_paths)
+    try:
+        plugins = load_plugins(plugin_paths)
+    except PluginError as exc:
+        raise _locate_plugin_error(exc, recipe, plugin_paths) from None
     resolved = resolve(recipe, plugins.registry)
     resolved["plugins"] = [str(p) for p in plugin_paths]
     return recipe, plugins, resolved
@@ -79,7 +103,7 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
 
 
 @main.command()
-@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False))
 @set_option
 @click.option("--resume", "resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue an existing run directory, skipping finished stages and evaluations.")
@@ -88,12 +112,20 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory of the same name.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Data cache (default $MMCORE_CACHE).")
 @click.option("--quiet", is_flag=True, help="No progress output; only the results table.")
-def run(recipe: str | None, overrides: tuple[str, ...], resume: Path | None, run_name: str | None,
+def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | None, run_name: str | None,
         output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool) -> None:
-    """Run a recipe: pre-training stages, zero-shot evaluations, fine-tunings, then a results table."""
+    """Run a recipe: pre-training stages, zero-shot evaluations, fine-tunings, then a results table.
+
+    Several RECIPES run one after another, each into OUTPUT_DIR/<name>/...: a recipe whose run there is
+    complete is skipped, a partial one is resumed, so the same command continues an interrupted batch.
+    """
     from mmcore.engine import Engine
     from mmcore.rundir import RunDir, atomic_write_text
 
+    if len(recipes) > 1:
+        _run_many(recipes, overrides, resume, run_name, output_dir, overwrite, cache_dir, quiet)
+        return
+    recipe = recipes[0] if recipes else None
     if resume is not None:
         run_dir = RunDir.open(resume)
         _, plugins, resolved = prepare_recipe(run_dir.path / "recipe.resolved.yaml", overrides)
@@ -106,10 +138,47 @@ def run(recipe: str | None, overrides: tuple[str, ...], resume: Path | None, run
         atomic_write_text(run_dir.path / "recipe.resolved.yaml", dump_recipe(strip_private(resolved)))
     reporter = Reporter(err_console, quiet=quiet)
     reporter.message(f"[bold]mmcore[/bold] run [cyan]{resolved['name']}[/cyan] → {run_dir.path}")
-    results = Engine(resolved, plugins, run_dir, reporter, cache_dir).execute()
+    try:
+        results = Engine(resolved, plugins, run_dir, reporter, cache_dir).execute()
+    except MMCoreError:
+        if resume is None:
+            _remove_unstarted(run_dir.path)
+        raise
     console = _stdout_console()
     console.print(rich_table("pre-training", *stage_rows(results)))
     console.print(rich_table(f"results (%) — {run_dir.path}", *evaluation_rows(results)))
+
+
+def _run_many(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | None, run_name: str | None,
+              output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool) -> None:
+    from mmcore.runmany import run_many
+
+    if resume is not None:
+        raise MMCoreError("--resume continues one run directory; with several RECIPES, rerun the same command "
+                          "instead (complete runs are skipped, partial ones resumed)")
+    # Every recipe is checked before the first one trains.
+    prepared = [prepare_recipe(path, overrides)[1:] for path in recipes]
+    outcomes = run_many(prepared, output_dir=output_dir, run_name=run_name, overwrite=overwrite,
+                        cache_dir=cache_dir, reporter=Reporter(err_console, quiet=quiet))
+    rows = [[o.name, o.status, str(o.path)] for o in outcomes]
+    out = _stdout_console()
+    out.print(rich_table(f"{len(outcomes)} recipes", ["recipe", "status", "run directory"], rows))
+    parents = sorted({str(o.path.parent.parent) for o in outcomes})
+    out.print("compare them: mmcore report " + " ".join(f"{p}/*" for p in parents), highlight=False)
+
+
+def _remove_unstarted(path: Path) -> None:
+    """Remove a fresh run directory that holds only its recipe (the run failed before producing anything),
+    so that fixing the problem and running again does not need --overwrite."""
+    files = [p for p in path.rglob("*") if not p.is_dir()]
+    if [p.name for p in files] != ["recipe.resolved.yaml"]:
+        return
+    files[0].unlink()
+    for directory in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        directory.rmdir()
+    path.rmdir()
+    if not any(path.parent.iterdir()):
+        path.parent.rmdir()
 
 
 @main.command()
@@ -130,6 +199,39 @@ def show(recipe: str, overrides: tuple[str, ...]) -> None:
     """Print the resolved recipe (includes merged, overrides applied, plugin defaults filled)."""
     _, _, resolved = prepare_recipe(recipe, overrides)
     click.echo(dump_recipe(strip_private(resolved)), nl=False)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Data cache (default $MMCORE_CACHE).")
+def params(recipe: str, overrides: tuple[str, ...], cache_dir: Path | None) -> None:
+    """Count the recipe's backbone parameters (sized by its first dataset), by the parts the backbone reports."""
+    import torch
+
+    from mmcore.engine import default_cache_dir
+
+    _, plugins, resolved = prepare_recipe(recipe, overrides)
+    data = [item["data"][0] for section in ("stages", "finetune", "zero_shot") for item in resolved[section]
+            if item["data"]]
+    if not data:
+        raise MMCoreError(f"{recipe}: the recipe uses no data, so nothing sizes the backbone's vocabulary and features")
+    name = data[0]["dataset"]
+    entry = plugins.registry.get("dataset", name)
+    dataset = entry.factory(resolved["datasets"].get(name, dict(entry.defaults)), cache_dir or default_cache_dir())
+    dataset.prepare(lambda message: err_console.print(message, highlight=False))
+    spec = dict(resolved["backbone"])
+    backbone_name = spec.pop("name")
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        backbone = plugins.registry.get("backbone", backbone_name).factory(spec, dataset.info())
+    table = Table(title=f"parameters of {backbone_name} ({recipe})")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    table.add_column("millions", justify="right")
+    for part, count in backbone.parameter_counts().items():
+        table.add_row(part, f"{count:,}", f"{count / 1e6:.2f}M")
+    console.print(table)
 
 
 def _list(kind: str) -> None:
@@ -179,6 +281,8 @@ def _register_plugin_commands() -> None:
     plugins.hook.mmcore_register_commands(cli=main)
 
 
+main.add_command(data_group)
+main.add_command(report_command)
 _register_plugin_commands()
 
 if __name__ == "__main__":  # pragma: no cover

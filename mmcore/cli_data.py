@@ -1,0 +1,170 @@
+"""``mmcore data``: convert released region features into a feature store, and compute or import hard negatives."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from mmcore.data.hardneg import (
+    nearest_images_torch,
+    read_vilbert_pool,
+    save_hard_negatives,
+)
+from mmcore.data.store import FeatureStore
+from mmcore.data.tsv import FEATURE_DTYPES, convert_tsv
+from mmcore.errors import MMCoreError
+from mmcore.progress import Reporter
+
+err_console = Console(stderr=True)
+
+
+@click.group(name="data")
+def data() -> None:
+    """Prepare real data: convert TSV region features, compute or import hard negatives."""
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit so a killed conversion still removes its temporary file."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside a test runner's worker): nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@data.command(name="convert-tsv")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dtype", type=click.Choice(FEATURE_DTYPES), default="float16", show_default=True,
+              help="Stored feature precision.")
+@click.option("--feature-dim", type=click.IntRange(min=1), help="Expected feature width (default: the first image's).")
+@click.option("--max-boxes", type=click.IntRange(min=1),
+              help="Regions per image to reserve (default: the first image's; grows if a later image has more).")
+@click.option("--verify", is_flag=True, help="Re-read the finished store and check counts, shapes and values.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def convert_tsv_command(paths: tuple[Path, ...], dtype: str, feature_dim: int | None, max_boxes: int | None,
+                        verify: bool, overwrite: bool, quiet: bool) -> None:
+    """Convert bottom-up-attention TSV files IN.tsv [IN2.tsv ...] into one feature store OUT.h5.
+
+    Streams line by line (memory does not grow with the file), writes OUT.h5.tmp and renames it only when
+    complete: an error or interruption leaves no store, and re-running starts afresh.
+    """
+    if len(paths) < 2:
+        raise MMCoreError("give one or more input TSV files and then the output store: IN.tsv [IN2.tsv ...] OUT.h5")
+    inputs, output = list(paths[:-1]), paths[-1]
+    total = sum(p.stat().st_size for p in inputs if p.is_file())
+    live = not quiet and err_console.is_terminal
+    progress = Progress(TextColumn("[bold]convert-tsv"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[info]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, disable=not live)
+    start = time.perf_counter()
+    with progress, _terminate_as_exit():
+        task = progress.add_task("convert", total=total, info="")
+
+        def advance(done_bytes: int, images: int) -> None:
+            rate = images / max(time.perf_counter() - start, 1e-9)
+            progress.update(task, completed=done_bytes, info=f"{images:,} images, {rate:,.0f} images/s")
+
+        result = convert_tsv(inputs, output, dtype=dtype, feature_dim=feature_dim, max_boxes=max_boxes,
+                             verify=verify, overwrite=overwrite, progress=advance)
+    if not quiet:
+        for name, count in result.per_file.items():
+            err_console.print(f"  {name}: {count:,} images", highlight=False)
+    click.echo(f"wrote {result.path}: {result.images:,} images, up to {result.max_boxes} regions of "
+               f"{result.feature_dim}-d {result.dtype} features, in {result.seconds:.1f}s "
+               f"({result.images_per_second:,.0f} images/s){'; verified' if verify else ''}")
+
+
+@data.command(name="hard-negatives")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--top", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Nearest images kept per image.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--chunk", type=click.IntRange(min=1), help="Rows per distance block (default: fit --memory-mb).")
+@click.option("--memory-mb", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Bound on one distance block.")
+@click.option("--from-vilbert", "vilbert", type=click.Path(dir_okay=False, path_type=Path),
+              help="Import ViLBERT's pickled hard-negative file instead of computing (needs --trust-pickle).")
+@click.option("--trust-pickle", is_flag=True, help="Allow reading the pickle given to --from-vilbert.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def hard_negatives_command(paths: tuple[Path, ...], top: int, device: str, chunk: int | None, memory_mb: int,
+                           vilbert: Path | None, trust_pickle: bool, overwrite: bool, quiet: bool) -> None:
+    """Write the hard-negative file OUT.npz. STORE [STORE ...] OUT: each image's nearest images among all the
+    stores' images by mean-pooled region features (Euclidean). --from-vilbert FILE [STORE ...] OUT: import
+    ViLBERT's pickled file, checked against the stores when given."""
+    stores_paths, output = list(paths[:-1]), paths[-1]
+    if vilbert is not None and not trust_pickle:
+        raise MMCoreError(f"refusing to read {vilbert}: it is a pickle, and unpickling runs whatever code the file "
+                          "holds. Pass --trust-pickle only if you trust its source; the .npz written is safe to share")
+    if vilbert is None and not stores_paths:
+        raise MMCoreError("give one or more feature stores and then the output file: STORE [STORE ...] OUT.npz")
+    if output.exists() and not overwrite:
+        raise MMCoreError(f"{output} already exists; pass --overwrite to replace it")
+    if output.suffix != ".npz":
+        raise MMCoreError(f"{output}: the hard-negative file is an .npz; name the output OUT.npz")
+    stores = [FeatureStore(p, in_memory=False) for p in stores_paths]
+    if vilbert is not None:
+        _import_vilbert(vilbert, stores, output, top)
+        return
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    ids = [img_id for store in stores for img_id in store.ids()]
+    if len(set(ids)) != len(ids):
+        raise MMCoreError("the stores share image ids; give each image once")
+    reporter = Reporter(err_console, quiet=quiet)
+    start = time.perf_counter()
+    with reporter.bar("mean-pooling", len(ids)) as bar:
+        pooled = []
+        for store in stores:
+            pooled.append(store.mean_pooled())
+            store.close()
+            bar.advance(len(store))
+    feats = np.concatenate(pooled)
+    with reporter.bar(f"nearest images ({device})", len(ids)) as bar:
+        def advance(rows: int) -> None:
+            rate = (bar.done + rows) / max(time.perf_counter() - start, 1e-9)
+            bar.advance(rows, info=f"{rate:,.0f} images/s")
+
+        pool = nearest_images_torch(feats, top, device=device, chunk=chunk, memory_mb=memory_mb, progress=advance)
+    save_hard_negatives(output, ids, pool)
+    click.echo(f"wrote {output}: {len(ids):,} images × {pool.shape[1]} hard negatives "
+               f"in {time.perf_counter() - start:.1f}s")
+
+
+def _import_vilbert(path: Path, stores: list[FeatureStore], output: Path, top: int) -> None:
+    """Convert ViLBERT's pickle (trusted by the caller) to mmcore's .npz, checking ids against ``stores``."""
+    ids, pool = read_vilbert_pool(path, allow_pickle=True)
+    if stores:
+        missing = [i for i in ids if not any(i in store for store in stores)]
+        if missing:
+            raise MMCoreError(f"{path}: {len(missing)} of {len(ids)} images are in none of the stores "
+                              f"{', '.join(str(s.path) for s in stores)}: {', '.join(missing[:5])}"
+                              f"{' ...' if len(missing) > 5 else ''}")
+    pool = pool[:, :top]
+    save_hard_negatives(output, ids, pool)
+    click.echo(f"wrote {output}: {len(ids):,} images × {pool.shape[1]} hard negatives, imported from {path}")

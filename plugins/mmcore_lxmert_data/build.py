@@ -1,0 +1,126 @@
+"""Build the ``lxmert`` views: read a split's files, apply the missing-image policy, count what was kept."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mmcore.api import ExampleSource
+from mmcore.data import annotations as ann
+from mmcore.data.views import (
+    PairView,
+    RetrievalView,
+    VQAView,
+    phrase_descriptions,
+    token_pairs,
+)
+from mmcore.errors import MMCoreError
+from mmcore_lxmert_data.stores import StoreUnion
+
+if TYPE_CHECKING:
+    from mmcore_lxmert_data.dataset import LxmertData
+
+T = TypeVar("T")
+Entry = tuple[Path, int, str, T]  # (file, record index, img_id, item)
+
+
+def n(count: int, word: str) -> str:
+    """``3 images``, ``1 image``."""
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
+
+
+def build_view(ds: LxmertData, name: str, split: str, family: str) -> tuple[ExampleSource, str]:
+    """The view and a one-line summary of its counts."""
+    union = ds.stores(family)
+    files = ds.files(family, split)
+    where = f"from {', '.join(p.name for p in files)}"
+    if family == "pretrain":
+        entries = [(path, i, rec["img_id"], rec) for path in files for i, rec in enumerate(ann.read_pretrain(path))]
+        records = present(ds, entries, union, f"{name}/{split}")
+        hard = ds.hard_negatives("hard_negatives") if split == "train" else None
+        if name == "token":
+            ids = list(dict.fromkeys(rec["img_id"] for rec in records))
+            view = PairView(token_pairs(union, ds.object_names(), ids), union, hard)  # type: ignore[arg-type]
+            return view, f"{n(len(view), 'label text')} of {n(len(ids), 'image')} {where}"
+        if name == "sentence":
+            view = PairView(ann.pretrain_sentences(records, "mscoco"), union, hard)  # type: ignore[arg-type]
+            return view, f"{n(len(view), 'mscoco caption')} of {n(len(view.image_ids()), 'image')} {where}"
+        pairs, counts = phrase_pairs(ds, records)
+        view = PairView(pairs, union, hard)  # type: ignore[arg-type]
+        return view, (f"{n(len(view), 'description')} of {n(len(view.image_ids()), 'image')} {where}; "
+                      f"{counts['kept']:,} of {counts['total']:,} vg phrases kept, {counts['verb']:,} with a verb "
+                      f"removed (verb_filter {ds.options['verb_filter']})")
+    if family == "vqa":
+        return vqa_view(ds, files, union, split, where)
+    return retrieval_view(ds, files, union, split, where)
+
+
+def present(ds: LxmertData, entries: list[Entry[T]], union: StoreUnion, what: str) -> list[T]:
+    """The items whose image is in ``union``; the others are an error or, with ``missing_images: skip``,
+    counted, skipped and reported."""
+    kept: list[T] = []
+    skipped: Counter[Path] = Counter()
+    for path, index, img_id, item in entries:
+        if img_id in union:
+            kept.append(item)
+        elif ds.options["missing_images"] == "error":
+            raise MMCoreError(f"{path}: record {index} (img_id {img_id!r}) is in none of the feature stores "
+                              f"{union.path}; convert its features with `mmcore data convert-tsv` and list the store, "
+                              "or set datasets.lxmert.missing_images=skip")
+        else:
+            skipped[path] += 1
+    if skipped:
+        detail = ", ".join(f"{count:,} of {path}" for path, count in skipped.items())
+        ds._warn(f"lxmert {what}: skipped {n(sum(skipped.values()), 'record')} whose image is not in the feature "
+                 f"stores ({detail})")
+    return kept
+
+
+def phrase_pairs(ds: LxmertData, records: list[dict[str, Any]]) -> tuple[list[tuple[str, str]], Counter[str]]:
+    """(img_id, description) pairs from each record's ``vg`` phrases without a verb, and phrase counts."""
+    has_verb = ds.verb_filter()
+    opts = ds.options
+    counts: Counter[str] = Counter()
+    pairs = []
+    for rec in records:
+        phrases = rec["sentf"].get("vg", [])
+        kept = [p for p in phrases if not has_verb(p)]
+        counts.update(total=len(phrases), kept=len(kept), verb=len(phrases) - len(kept))
+        texts = phrase_descriptions(kept, int(opts["phrases_per_image"]), ds.phrase_rng(rec["img_id"]),
+                                    int(opts["min_phrases"]), int(opts["max_phrases"]))
+        pairs += [(rec["img_id"], text) for text in texts]
+    return pairs, counts
+
+
+def vqa_view(ds: LxmertData, files: list[Path], union: StoreUnion, split: str,
+             where: str) -> tuple[ExampleSource, str]:
+    """VQA questions over the answer table; answers outside it are counted, dropped and reported."""
+    answers = ds.answers()
+    if answers is None:
+        raise MMCoreError(f"dataset 'lxmert': the VQA answer table {ds.path(ds.options['answer_table'])} is "
+                          "missing (option answer_table)")
+    entries = [(path, i, rec["img_id"], rec) for path in files for i, rec in enumerate(ann.read_vqa(path))]
+    records = present(ds, entries, union, f"vqa/{split}")
+    removed, emptied = ann.drop_unknown_answers(records, answers)
+    if removed:
+        ds._warn(f"lxmert vqa/{split}: skipped {n(removed, 'answer')} not in the {len(answers):,}-answer table; "
+                 f"{n(emptied, 'question')} left with no answer (target all zero)")
+    view = VQAView(records, answers, union)  # type: ignore[arg-type]
+    return view, f"{n(len(view), 'question')} about {n(len(view.image_ids()), 'image')} {where}"
+
+
+def retrieval_view(ds: LxmertData, files: list[Path], union: StoreUnion, split: str,
+                   where: str) -> tuple[ExampleSource, str]:
+    """Flickr30k-style images with their captions."""
+    entries: list[Entry[tuple[str, list[str]]]] = []
+    for path in files:
+        for i, (img_id, captions) in enumerate(ann.read_retrieval(path)):
+            # Features may be keyed by the file name with or without its extension.
+            if img_id not in union and f"{img_id}.jpg" in union:
+                img_id = f"{img_id}.jpg"
+            entries.append((path, i, img_id, (img_id, captions)))
+    items = present(ds, entries, union, f"retrieval/{split}")
+    hard = ds.hard_negatives("retrieval_hard_negatives") if split == "train" else None
+    view = RetrievalView(items, union, hard)  # type: ignore[arg-type]
+    return view, f"{n(len(view.images), 'image')}, {n(len(view.captions), 'caption')} {where}"

@@ -1,0 +1,274 @@
+"""The ``lxmert`` dataset: LXMERT's annotation files as shipped, read over feature stores made by ``mmcore data``.
+
+Expected layout under ``data_root`` (every file name is an option; the defaults follow LXMERT's ``data/``)::
+
+    data_root/
+      vocab.txt                      BERT uncased WordPiece vocabulary (bert-base-uncased's vocab.txt)
+      objects_vocab.txt              bottom-up-attention's 1600 object names, one per line (``name,alias`` ok)
+      attributes_vocab.txt           its 400 attribute names
+      lxmert/mscoco_train.json       pre-training JSON [{img_id, sentf: {source: [sentence]}, labelf}]
+      lxmert/mscoco_nominival.json   (train)        lxmert/vgnococo.json (train)
+      lxmert/mscoco_minival.json     (val)
+      vqa/train.json  vqa/nominival.json (train)    vqa/minival.json (val, and test: test.json has no answers)
+      vqa/trainval_ans2label.json    the 3129-answer table
+      flickr30k/flickr30k_train2014.json  flickr30k/flickr30k_test2014.json   [{img_path, sentences}]
+      mscoco_imgfeat/train2014_obj36.h5   mscoco_imgfeat/val2014_obj36.h5     ← mmcore data convert-tsv
+      vg_gqa_imgfeat/vg_gqa_obj36.h5      flickr30k_imgfeat/flickr30k_obj36.h5  (from LXMERT's *.tsv)
+
+Relative paths are resolved against ``data_root``, itself relative to the working directory. Views (same names
+and fields as ``synthworld``): ``token`` (each image's detector labels in region order, as text), ``phrase``
+(the ``vg`` phrases of an image minus those with a verb, a few joined with commas), ``sentence`` (``mscoco``
+captions), ``vqa`` and ``retrieval``. A view is read, checked and counted the first time a stage uses it.
+
+Annotations whose image is in none of the family's stores are an error naming the file and record
+(``missing_images: error``, the default) or, with ``missing_images: skip``, counted and skipped with a warning.
+VQA answers outside the answer table are always counted, dropped and warned about.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import h5py
+
+from mmcore.api import PAIR_FIELDS, DataInfo, Dataset, ExampleSource
+from mmcore.data import annotations as ann
+from mmcore.data.hardneg import load_hard_negatives
+from mmcore.data.store import FeatureStore
+from mmcore.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, word_token_ids
+from mmcore.errors import MMCoreError
+from mmcore_lxmert_data.stores import StoreUnion
+from mmcore_lxmert_data.verbs import load_verb_filter
+
+FAMILIES = {"token": "pretrain", "phrase": "pretrain", "sentence": "pretrain", "vqa": "vqa",
+            "retrieval": "retrieval"}
+_FILE_LISTS = [f"{family}_{split}" for family in ("pretrain", "vqa", "retrieval") for split in ("train", "val", "test")]
+_STORE_LISTS = ("pretrain_features", "vqa_features", "retrieval_features")
+
+
+class LxmertData(Dataset):
+    """LXMERT's pre-training, VQA and Flickr30k JSON as shipped, over converted TSV features."""
+
+    name: ClassVar[str] = "lxmert"
+    defaults: ClassVar[dict[str, Any]] = {
+        "data_root": "data",
+        "vocab": "vocab.txt",
+        "objects_vocab": "objects_vocab.txt",
+        "attributes_vocab": "attributes_vocab.txt",
+        "pretrain_train": ["lxmert/mscoco_train.json", "lxmert/mscoco_nominival.json", "lxmert/vgnococo.json"],
+        "pretrain_val": ["lxmert/mscoco_minival.json"],
+        "pretrain_test": [],
+        "vqa_train": ["vqa/train.json", "vqa/nominival.json"],
+        "vqa_val": ["vqa/minival.json"],
+        # LXMERT's vqa/test.json carries no answers (the VQA server scores it): evaluate locally on minival.
+        "vqa_test": ["vqa/minival.json"],
+        "answer_table": "vqa/trainval_ans2label.json",
+        "retrieval_train": ["flickr30k/flickr30k_train2014.json"],
+        "retrieval_val": [],
+        "retrieval_test": ["flickr30k/flickr30k_test2014.json"],
+        "pretrain_features": ["mscoco_imgfeat/train2014_obj36.h5", "mscoco_imgfeat/val2014_obj36.h5",
+                              "vg_gqa_imgfeat/vg_gqa_obj36.h5"],
+        "vqa_features": ["mscoco_imgfeat/train2014_obj36.h5", "mscoco_imgfeat/val2014_obj36.h5"],
+        "retrieval_features": ["flickr30k_imgfeat/flickr30k_obj36.h5"],
+        "hard_negatives": "",  # .npz from `mmcore data hard-negatives`, for the pre-training train views (ITM_HS)
+        "retrieval_hard_negatives": "",  # the same for retrieval fine-tuning
+        "verb_filter": "builtin",  # or "package.module:function" (phrase -> contains a verb)
+        "phrases_per_image": 3,
+        "min_phrases": 2,
+        "max_phrases": 4,
+        "seed": 0,
+        "missing_images": "error",  # or "skip"
+        "in_memory": False,  # real stores are tens of GB: read images from disk
+    }
+    views: ClassVar[dict[str, frozenset[str]]] = {
+        "token": PAIR_FIELDS,
+        "phrase": PAIR_FIELDS,
+        "sentence": PAIR_FIELDS,
+        "vqa": PAIR_FIELDS | {"vqa_target", "question_id"},
+        "retrieval": PAIR_FIELDS | {"caption_index", "image_index"},
+    }
+
+    def __init__(self, options: dict[str, Any], cache_dir: Path) -> None:
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise MMCoreError(f"dataset 'lxmert': unknown option(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(self.defaults))}")
+        super().__init__(options, Path(cache_dir))
+        for key in (*_FILE_LISTS, *_STORE_LISTS):
+            value = self.options[key]
+            self.options[key] = [value] if isinstance(value, str) else value
+            if not isinstance(self.options[key], list) or not all(isinstance(v, str) for v in self.options[key]):
+                raise MMCoreError(f"dataset 'lxmert': option {key} must be a list of file names, got {value!r}")
+        if self.options["missing_images"] not in ("error", "skip"):
+            raise MMCoreError(f"dataset 'lxmert': option missing_images must be 'error' or 'skip', "
+                              f"got {self.options['missing_images']!r}")
+        for key in ("phrases_per_image", "min_phrases", "max_phrases"):
+            if not isinstance(self.options[key], int) or self.options[key] < 1:
+                raise MMCoreError(f"dataset 'lxmert': option {key} must be a positive integer")
+        self.root = Path(self.options["data_root"]).expanduser()
+        self._say: Callable[[str], None] | None = None
+        self._stores: dict[Path, FeatureStore] = {}
+        self._tokenizer: Any = None
+        self._info: DataInfo | None = None
+        self._views: dict[tuple[str, str], ExampleSource] = {}
+
+    # ---- files ------------------------------------------------------------------------------------------------
+
+    def path(self, name: str) -> Path:
+        """A file name resolved against ``data_root`` (absolute names stay as they are)."""
+        path = Path(name).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    def _existing(self, option: str, name: str, what: str) -> Path:
+        path = self.path(name)
+        if not path.is_file():
+            raise MMCoreError(f"dataset 'lxmert': {what} {path} not found (option {option}; data_root "
+                              f"{self.root}); the expected layout is in plugins/mmcore_lxmert_data/README.md")
+        return path
+
+    def _message(self, text: str) -> None:
+        if self._say is not None:
+            self._say(text)
+
+    def _warn(self, text: str) -> None:
+        if self._say is not None:
+            self._say(f"[yellow]warning:[/yellow] {text}")
+        else:
+            warnings.warn(text, stacklevel=3)
+
+    def prepare(self, progress: Callable[[str], None] | None = None) -> None:
+        """Check that data_root, the tokenizer vocabulary and the detector vocabularies exist."""
+        self._say = progress
+        if not self.root.is_dir():
+            raise MMCoreError(f"dataset 'lxmert': data_root {self.root} is not a directory (option data_root)")
+        self._existing("vocab", self.options["vocab"], "tokenizer vocabulary (BERT uncased vocab.txt)")
+        for key in ("objects_vocab", "attributes_vocab"):
+            self._existing(key, self.options[key], "detector vocabulary")
+        self._message(f"lxmert: data in {self.root}")
+
+    # ---- the Dataset contract ---------------------------------------------------------------------------------
+
+    def tokenizer(self) -> Any:
+        """BERT uncased WordPiece from the local ``vocab`` file (a ``vocab.txt``) or tokenizer directory."""
+        if self._tokenizer is None:
+            path = self.path(self.options["vocab"])
+            if path.is_dir():
+                self._tokenizer = load_tokenizer(path)
+            else:
+                path = self._existing("vocab", self.options["vocab"], "tokenizer vocabulary (BERT uncased vocab.txt)")
+                if path.name != "vocab.txt":
+                    raise MMCoreError(f"dataset 'lxmert': the tokenizer vocabulary must be named vocab.txt "
+                                      f"(option vocab: {path}), or name a tokenizer directory")
+                from transformers import BertTokenizerFast
+
+                self._tokenizer = BertTokenizerFast.from_pretrained(str(path.parent), local_files_only=True,
+                                                                    do_lower_case=True)
+        return self._tokenizer
+
+    def object_names(self) -> list[str]:
+        """The detector's objects vocabulary (index = object id)."""
+        return ann.read_vocab_txt(self._existing("objects_vocab", self.options["objects_vocab"], "detector vocabulary"))
+
+    def attribute_names(self) -> list[str]:
+        """The detector's attributes vocabulary (index = attribute id)."""
+        return ann.read_vocab_txt(self._existing("attributes_vocab", self.options["attributes_vocab"],
+                                                 "detector vocabulary"))
+
+    def answers(self) -> list[str] | None:
+        """The VQA answer table, or None when its file is absent."""
+        path = self.path(self.options["answer_table"])
+        return ann.read_answer_file(path) if path.is_file() else None
+
+    def info(self) -> DataInfo:
+        """Vocabulary, feature and answer-table facts; feature sizes come from the stores that exist."""
+        if self._info is None:
+            tok = self.tokenizer()
+            objects, attributes = self.object_names(), self.attribute_names()
+            dim, regions = self._feature_shape()
+            answers = self.answers()
+            self._info = DataInfo(
+                vocab_size=len(tok), feature_dim=dim, max_regions=regions, num_objects=len(objects),
+                num_attributes=len(attributes), pad_token_id=int(tok.pad_token_id),
+                cls_token_id=int(tok.cls_token_id), sep_token_id=int(tok.sep_token_id),
+                mask_token_id=int(tok.mask_token_id), unk_token_id=int(tok.unk_token_id),
+                special_token_ids=tuple(int(tok.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS),
+                object_token_ids=word_token_ids(tok, objects), object_names=tuple(objects),
+                attribute_names=tuple(attributes), answers={"vqa": tuple(answers)} if answers else {},
+            )
+        return self._info
+
+    def _feature_shape(self) -> tuple[int, int]:
+        """(feature_dim, max_regions) over every listed store that exists; they must agree on feature_dim."""
+        shapes = {}
+        for key in _STORE_LISTS:
+            for name in self.options[key]:
+                path = self.path(name)
+                if path.is_file() and path not in shapes:
+                    try:
+                        with h5py.File(path, "r") as f:
+                            shapes[path] = (int(f.attrs["feature_dim"]), int(f.attrs["max_boxes"]))
+                    except (OSError, KeyError):
+                        raise MMCoreError(f"dataset 'lxmert': {path} is not an mmcore feature store") from None
+        if not shapes:
+            listed = ", ".join(str(self.path(n)) for k in _STORE_LISTS for n in self.options[k])
+            raise MMCoreError(f"dataset 'lxmert': no feature store found (looked for {listed}); convert LXMERT's "
+                              "TSV files with `mmcore data convert-tsv IN.tsv OUT.h5`")
+        dims = {dim for dim, _ in shapes.values()}
+        if len(dims) > 1:
+            raise MMCoreError("dataset 'lxmert': feature stores disagree on feature_dim: "
+                              + ", ".join(f"{p} {d}" for p, (d, _) in shapes.items()))
+        return dims.pop(), max(r for _, r in shapes.values())
+
+    def stores(self, family: str) -> StoreUnion:
+        """The feature stores of a family (``pretrain``, ``vqa``, ``retrieval``) read as one; opened once."""
+        key = f"{family}_features"
+        stores = []
+        for name in self.options[key]:
+            path = self._existing(key, name, "feature store")
+            if path not in self._stores:
+                self._stores[path] = FeatureStore(path, in_memory=bool(self.options["in_memory"]))
+            stores.append(self._stores[path])
+        if not stores:
+            raise MMCoreError(f"dataset 'lxmert': option {key} lists no feature store")
+        return StoreUnion(stores, self.info().max_regions)
+
+    def view(self, name: str, split: str) -> ExampleSource:
+        """The examples of one view and split (read, checked and counted once, then cached)."""
+        if name not in self.views:
+            raise MMCoreError(f"dataset 'lxmert' has no view {name!r}; views: {', '.join(self.views)}")
+        if split not in self.splits:
+            raise MMCoreError(f"dataset 'lxmert' has no split {split!r}; splits: {', '.join(self.splits)}")
+        key = (name, split)
+        if key not in self._views:
+            from mmcore_lxmert_data.build import build_view
+
+            view, summary = build_view(self, name, split, FAMILIES[name])
+            self._message(f"lxmert {name}/{split}: {summary}")
+            self._views[key] = view
+        return self._views[key]
+
+    def hard_negatives(self, option: str) -> dict[str, list[str]] | None:
+        """The hard-negative file named by ``option``, or None when the option is empty."""
+        name = self.options[option]
+        return load_hard_negatives(self._existing(option, name, "hard-negative file")) if name else None
+
+    def files(self, family: str, split: str) -> list[Path]:
+        """The annotation files of a family (pretrain, vqa, retrieval) and split; an error when none is listed."""
+        key = f"{family}_{split}"
+        if not self.options[key]:
+            raise MMCoreError(f"dataset 'lxmert': no {family} annotation file for split {split!r} (option {key} is "
+                              "empty)")
+        return [self._existing(key, name, "annotation file") for name in self.options[key]]
+
+    def phrase_rng(self, img_id: str) -> random.Random:
+        """Seeded per image, so the phrase view is the same on every load."""
+        return random.Random(f"{self.options['seed']}:{img_id}:phrase-view")
+
+    def verb_filter(self) -> Callable[[str], bool]:
+        """The phrase → contains-a-verb callable named by ``verb_filter``."""
+        return load_verb_filter(self.options["verb_filter"])
+

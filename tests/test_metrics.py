@@ -6,6 +6,10 @@ import pytest
 import torch
 
 from mmcore_heads.metrics import (
+    classification_accuracy,
+    classification_hits,
+    exact_match_accuracy,
+    exact_match_scores,
     first_caption_tr,
     first_captions,
     image_retrieval_ranks,
@@ -39,6 +43,61 @@ def test_vqa_accuracy_from_predicted_ids() -> None:
 def test_vqa_accuracy_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError):
         vqa_accuracy(torch.tensor([0, 1]), TARGETS)
+
+
+# ---- GQA exact match --------------------------------------------------------------------------------------------
+
+# One gold answer per question (score 1.0); q3's gold answer is not in the table (all zero).
+GQA_TARGETS = torch.tensor(
+    [
+        [0.0, 1.0, 0.0],
+        [1.0, 0.0, 0.0],
+        [0.0, 0.0, 1.0],
+        [0.0, 0.0, 0.0],
+    ]
+)
+
+
+def test_gqa_exact_match_from_logits() -> None:
+    # argmax: q0 -> 1 (right), q1 -> 2 (wrong), q2 -> 2 (right), q3 -> 0 (cannot be right): 2 / 4.
+    logits = torch.tensor([[0.0, 2.0, 1.0], [0.0, 0.5, 3.0], [-1.0, -2.0, 0.0], [5.0, 0.0, 0.0]])
+    assert exact_match_scores(logits, GQA_TARGETS).tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert exact_match_accuracy(logits, GQA_TARGETS) == pytest.approx(0.5)
+
+
+def test_exact_match_counts_any_gold_answer_whatever_its_score() -> None:
+    # LXMERT's GQA rule is `answer in label`: a 0.3-scored answer is a hit (1.0), unlike VQA's soft 0.3.
+    pred = torch.tensor([1, 3, 0])
+    assert exact_match_scores(pred, TARGETS).tolist() == [1.0, 1.0, 0.0]
+    assert exact_match_accuracy(pred, TARGETS) == pytest.approx(2 / 3)
+    assert vqa_accuracy(pred, TARGETS) == pytest.approx((0.3 + 0.6 + 0.0) / 3)
+
+
+def test_exact_match_of_no_questions_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        exact_match_accuracy(torch.zeros(0, 3), torch.zeros(0, 3))
+
+
+# ---- NLVR2 accuracy ---------------------------------------------------------------------------------------------
+
+
+def test_nlvr2_accuracy_from_two_way_logits() -> None:
+    # predictions (argmax): 1, 0, 0, 1, 1 against labels 1, 0, 1, 0, 1 -> 3 of 5 right.
+    logits = torch.tensor([[0.1, 0.9], [2.0, -1.0], [0.3, 0.2], [-1.0, 1.0], [0.0, 0.5]])
+    labels = torch.tensor([1, 0, 1, 0, 1])
+    assert classification_accuracy(logits, labels) == pytest.approx(0.6)
+
+
+def test_nlvr2_accuracy_skips_unlabelled_statements() -> None:
+    pred, labels = torch.tensor([1, 0, 1, 1]), torch.tensor([1, -1, 0, -1])
+    correct, labelled = classification_hits(pred, labels)
+    assert correct.tolist() == [True, False, False, False]
+    assert labelled.tolist() == [True, False, True, False]
+    assert classification_accuracy(pred, labels) == pytest.approx(0.5)  # 1 right of the 2 labelled
+    with pytest.raises(ValueError):
+        classification_accuracy(pred, torch.full((4,), -1))
+    with pytest.raises(ValueError):
+        classification_accuracy(pred, torch.tensor([1, 0]))
 
 
 # ---- retrieval: 3 images (A, B, C) x 5 captions each ----------------------------------------------------------

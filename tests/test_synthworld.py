@@ -100,8 +100,8 @@ def test_views_provide_declared_fields(world: SynthWorld, name: str) -> None:
 def test_pretraining_views_have_no_test_split(world: SynthWorld) -> None:
     with pytest.raises(MMCoreError, match="train and val only"):
         world.view("sentence", "test")
-    with pytest.raises(MMCoreError, match="no view 'gqa'"):
-        world.view("gqa", "train")
+    with pytest.raises(MMCoreError, match="no view 'vcr'"):
+        world.view("vcr", "train")
 
 
 def test_token_view_is_the_detector_labels(world: SynthWorld) -> None:
@@ -183,14 +183,34 @@ def test_hard_negatives_exclude_self(world: SynthWorld) -> None:
     hard = load_hard_negatives(world.directory / "hard_negatives.npz")
     assert len(hard) == SMALL["train_images"]
     assert all(img not in near and len(near) == SMALL["hard_negatives_top"] for img, near in hard.items())
-    view = world.view("sentence", "train")
-    for img_id in view.image_ids()[:10]:
-        near = view.hard_negatives(img_id)
-        assert near and img_id not in near and set(near) <= set(view.image_ids())
     retrieval = world.view("retrieval", "train")
     near = retrieval.hard_negatives(retrieval.images[0])
     assert near and set(near) <= set(retrieval.images) and retrieval.images[0] not in near
     assert world.view("sentence", "val").hard_negatives(world.view("sentence", "val").image_ids()[0]) == []
+
+
+def test_pretraining_hard_negatives_cover_the_retrieval_images_by_default(world: SynthWorld) -> None:
+    # As ViLBERT's difficult-sample file covers only Flickr30k: retrieval train images have hard negatives
+    # (among themselves), every other pre-training image has none, so ITM_HS draws a random one for it.
+    view = world.view("sentence", "train")
+    retrieval_images = set(world.view("retrieval", "train").images)
+    for img_id in view.image_ids():
+        near = view.hard_negatives(img_id)
+        if img_id in retrieval_images:
+            assert near and img_id not in near and set(near) <= retrieval_images
+        else:
+            assert near == []
+
+
+def test_hard_negative_pool_train_covers_every_pretraining_image(world: SynthWorld) -> None:
+    every = SynthWorld({**SMALL, "hard_negative_pool": "train"}, world.cache_dir)
+    assert every.directory == world.directory  # a view option: the generated world is shared
+    view = every.view("sentence", "train")
+    for img_id in view.image_ids():
+        near = view.hard_negatives(img_id)
+        assert len(near) == SMALL["hard_negatives_top"] and img_id not in near and set(near) <= set(view.image_ids())
+    with pytest.raises(MMCoreError, match="hard_negative_pool must be one of retrieval, train, got 'all'"):
+        SynthWorld({**SMALL, "hard_negative_pool": "all"}, world.cache_dir)
 
 
 def test_random_text_is_from_another_image(world: SynthWorld) -> None:

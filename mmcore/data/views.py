@@ -1,4 +1,5 @@
-"""Generic views over a feature store: (text, image) pairs, VQA questions and retrieval captions.
+"""Generic views over a feature store: (text, image) pairs, VQA and GQA questions, NLVR2 statements about two
+images and retrieval captions.
 
 Every view implements :class:`mmcore.api.ExampleSource`. An example is ``{text, **visual fields of its image,
 **extras}``; the visual fields are fresh arrays, so tasks may modify them in place.
@@ -11,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from mmcore.api import Example
+from mmcore.api import SECOND_IMAGE_SUFFIX, Example
 from mmcore.data.store import FeatureStore
 from mmcore.errors import MMCoreError
 
@@ -130,6 +131,75 @@ class RetrievalView(PairView):
 
     def extra(self, index: int) -> dict[str, Any]:
         return {"caption_index": index, "image_index": self.caption_image[index]}
+
+
+class GQAView(PairView):
+    """GQA questions; examples add ``gqa_target`` float32 [A] (the label's scores over ``answers``, 1.0 at the
+    answer) and ``question_id`` (a string, as GQA's ids are). Answers outside the table are dropped."""
+
+    def __init__(self, records: Sequence[dict[str, Any]], answers: Sequence[str], store: FeatureStore,
+                 hard_negatives: Mapping[str, Sequence[str]] | None = None) -> None:
+        super().__init__([(r["img_id"], r["sent"]) for r in records], store, hard_negatives)
+        self.answers = list(answers)
+        self._answer_index = {a: i for i, a in enumerate(self.answers)}
+        self.question_ids = [str(r["question_id"]) for r in records]
+        self.labels: list[dict[str, float]] = [dict(r.get("label", {})) for r in records]
+
+    def extra(self, index: int) -> dict[str, Any]:
+        target = np.zeros(len(self.answers), dtype=np.float32)
+        for answer, score in self.labels[index].items():
+            j = self._answer_index.get(answer)
+            if j is not None:
+                target[j] = score
+        return {"gqa_target": target, "question_id": self.question_ids[index]}
+
+
+class NLVR2View:
+    """NLVR2 statements about two images. An example is ``{text, **fields of img0, **fields of img1 with the
+    suffix _1, nlvr2_label (1 true, 0 false, -1 unlabelled), identifier}``."""
+
+    def __init__(self, records: Sequence[dict[str, Any]], store: FeatureStore) -> None:
+        self.records = [dict(r) for r in records]
+        self.store = store
+        self._image_ids = list(dict.fromkeys(str(r[k]) for r in self.records for k in ("img0", "img1")))
+        missing = [i for i in self._image_ids if i not in store]
+        if missing:
+            raise MMCoreError(f"{len(missing)} image(s) of this NLVR2 view are not in the feature store {store.path}: "
+                              f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Example:
+        rec = self.records[index]
+        second = {k + SECOND_IMAGE_SUFFIX: v for k, v in self.store.image(str(rec["img1"])).items()}
+        return {"text": rec["sent"], **self.store.image(str(rec["img0"])), **second,
+                "nlvr2_label": int(rec.get("label", -1)), "identifier": str(rec["identifier"])}
+
+    def image(self, img_id: str) -> Example:
+        """The visual fields of one image (any image of the store)."""
+        return self.store.image(img_id)
+
+    def image_ids(self) -> list[str]:
+        """The distinct images of this view (left and right), in order of first appearance."""
+        return self._image_ids
+
+    def random_text(self, rng: random.Random, exclude_img_id: str) -> str:
+        """A statement of a pair that does not show ``exclude_img_id``."""
+        if not self.records:
+            raise MMCoreError("random_text: the view is empty")
+        for _ in range(_REJECTION_TRIES):
+            rec = self.records[rng.randrange(len(self.records))]
+            if exclude_img_id not in (rec["img0"], rec["img1"]):
+                return str(rec["sent"])
+        others = [r["sent"] for r in self.records if exclude_img_id not in (r["img0"], r["img1"])]
+        if not others:
+            raise MMCoreError(f"random_text: every statement of this view shows image {exclude_img_id!r}")
+        return str(others[rng.randrange(len(others))])
+
+    def hard_negatives(self, img_id: str) -> list[str]:
+        """None: NLVR2 pairs have no difficult-sample file."""
+        return []
 
 
 def token_pairs(store: FeatureStore, object_names: Sequence[str], img_ids: Sequence[str]) -> list[tuple[str, str]]:

@@ -1,4 +1,5 @@
-"""Downstream metrics as pure tensor functions: VQA soft accuracy and retrieval recall at K.
+"""Downstream metrics as pure tensor functions: VQA soft accuracy, GQA exact match, NLVR2 (classification)
+accuracy and retrieval recall at K.
 
 Retrieval ranks are 0-based and pessimistic about ties: a competing candidate whose score is greater than *or
 equal to* the ground truth's counts as ranked above it. A constant scorer therefore gets R@K = 0 (not 1), and
@@ -33,6 +34,42 @@ def vqa_accuracy(logits_or_pred: Tensor, targets: Tensor) -> float:
     if scores.numel() == 0:
         raise ValueError("VQA accuracy of zero questions is undefined")
     return float(scores.mean())
+
+
+def exact_match_scores(logits_or_pred: Tensor, targets: Tensor) -> Tensor:
+    """Per-question 1.0 when the predicted answer is a gold one (``targets[q, prediction] > 0``), else 0.0 [N].
+
+    GQA's rule (LXMERT: ``ans in label``): a question has one answer, scored 1.0, and a question whose answer is
+    not in the table can never be answered right.
+    """
+    return (vqa_scores(logits_or_pred, targets) > 0).float()
+
+
+def exact_match_accuracy(logits_or_pred: Tensor, targets: Tensor) -> float:
+    """GQA accuracy in [0,1]: the share of questions whose predicted answer is the gold answer."""
+    scores = exact_match_scores(logits_or_pred, targets)
+    if scores.numel() == 0:
+        raise ValueError("exact-match accuracy of zero questions is undefined")
+    return float(scores.mean())
+
+
+def classification_hits(logits_or_pred: Tensor, labels: Tensor, ignore_index: int = -1) -> tuple[Tensor, Tensor]:
+    """(correct [N] bool, labelled [N] bool): argmax of [N,C] logits (or class ids [N]) against ``labels`` [N];
+    examples labelled ``ignore_index`` are neither correct nor labelled."""
+    pred = logits_or_pred.argmax(dim=-1) if logits_or_pred.dim() == 2 else logits_or_pred.long()
+    labels = labels.to(pred.device).long().view(-1)
+    if pred.shape != labels.shape:
+        raise ValueError(f"{pred.shape[0]} predictions for {labels.shape[0]} labels")
+    labelled = labels != ignore_index
+    return (pred == labels) & labelled, labelled
+
+
+def classification_accuracy(logits_or_pred: Tensor, labels: Tensor, ignore_index: int = -1) -> float:
+    """NLVR2 accuracy in [0,1]: the share of labelled examples whose predicted class is the label."""
+    correct, labelled = classification_hits(logits_or_pred, labels, ignore_index)
+    if not bool(labelled.any()):
+        raise ValueError("accuracy over zero labelled examples is undefined")
+    return float(correct.sum()) / int(labelled.sum())
 
 
 def _caption_image_tensor(caption_image: Sequence[int] | Tensor, scores: Tensor) -> Tensor:

@@ -1,25 +1,43 @@
-"""The ``vqa`` head: LXMERT's answer classifier over the pooled output, trained on soft answer scores."""
+"""The ``vqa`` head, and :class:`AnswerHead`, the answer classifier it shares with ``gqa``: LXMERT's logit_fc over
+the pooled output, trained with BCE on soft answer scores, predicting the argmax answer."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mmcore.api import Backbone, Batch, DataInfo, EvalContext, ExampleSource, Head, Task, init_bert_
+from mmcore.api import (
+    Backbone,
+    Batch,
+    DataInfo,
+    EvalContext,
+    ExampleSource,
+    Head,
+    Task,
+    init_bert_,
+)
 from mmcore.errors import MMCoreError
 from mmcore_heads.metrics import vqa_scores
+from mmcore_heads.predictions import QuestionId, write_vqa_predictions
+
+PREDICTIONS_JSON = "predictions.json"
 
 
-class VQAHead(Head):
-    """VQA: Linear(H,sH) → GeLU → LayerNorm → Linear(sH,A) on pooled; BCE on soft scores; soft accuracy."""
+class AnswerHead(Head):
+    """Linear(H,sH) → GeLU → LayerNorm → Linear(sH,A) on pooled; BCE on the soft scores in ``target_field``.
 
-    name: ClassVar[str] = "vqa"
-    requires: ClassVar[frozenset[str]] = frozenset({"text", "visual_feats", "visual_pos", "vqa_target"})
+    Subclasses set ``name``, ``target_field``, ``requires``, ``defaults["answers_key"]``, how a question is scored
+    (:meth:`question_scores`) and how predictions are written (:meth:`write_answers`).
+    """
+
+    target_field: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {
-        "answers_key": "vqa",  # which table of DataInfo.answers the targets index
+        "answers_key": "",  # which table of DataInfo.answers the targets index
         "hidden_scale": 2,  # LXMERT's logit_fc widens to 2H before the answer layer
     }
 
@@ -29,7 +47,7 @@ class VQAHead(Head):
         answers = info.answers.get(key)
         if not answers:
             known = ", ".join(sorted(info.answers)) or "(none)"
-            raise MMCoreError(f"head 'vqa': the dataset has no answer table {key!r}; answer tables: {known}")
+            raise MMCoreError(f"head {self.name!r}: the dataset has no answer table {key!r}; answer tables: {known}")
         self.answers: tuple[str, ...] = tuple(answers)
         width = int(self.options["hidden_scale"]) * hidden_size
         self.logit_fc = nn.Sequential(
@@ -38,6 +56,7 @@ class VQAHead(Head):
         )
         init_bert_(self.logit_fc)
         self.zero_shot_ready = False
+        self.predictions: list[tuple[QuestionId, str]] = []  # (question id, answer) of the last evaluate()
 
     @property
     def num_answers(self) -> int:
@@ -52,18 +71,58 @@ class VQAHead(Head):
         """BCE-with-logits against the soft scores, mean over B×A times A (LXMERT's scaling)."""
         # float32 even under autocast: soft scores like 0.3 are not exact in bf16.
         logits = self.logits(backbone, batch).float()
-        target = batch["vqa_target"].float()
+        target = batch[self.target_field].float()
         return F.binary_cross_entropy_with_logits(logits, target) * logits.shape[1]
 
+    def question_scores(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Per-question score [N] of the argmax answer; ``accuracy`` is their mean."""
+        raise NotImplementedError
+
     def evaluate(self, backbone: Backbone, view: ExampleSource, ctx: EvalContext) -> dict[str, float]:
-        """``{"accuracy": ...}``: mean soft score of the argmax answer, a fraction in [0,1]."""
+        """``{"accuracy": ...}``: the mean question score of the argmax answer, a fraction in [0,1]; keeps the
+        predicted answer of every question for :meth:`write_predictions`."""
         total = torch.zeros((), dtype=torch.float64, device=ctx.device)
         count = 0
-        for batch in ctx.batches(view, "vqa"):  # type: ignore[arg-type]  # a view is a sequence of examples
-            scores = vqa_scores(self.logits(backbone, batch), batch["vqa_target"])
+        answer_ids: list[Tensor] = []
+        question_ids: list[Tensor | Sequence[QuestionId]] = []
+        for batch in ctx.batches(view, self.name):  # type: ignore[arg-type]  # a view is a sequence of examples
+            logits = self.logits(backbone, batch)
+            scores = self.question_scores(logits, batch[self.target_field])
             # Accumulate on the device: a .item() per batch would stall the GPU every step.
             total += scores.sum(dtype=torch.float64)
+            answer_ids.append(logits.argmax(dim=-1))
+            question_ids.append(batch.get("question_id", range(count, count + scores.shape[0])))
             count += scores.shape[0]
         if count == 0:
-            raise MMCoreError("head 'vqa': the evaluation view has no examples")
+            raise MMCoreError(f"head {self.name!r}: the evaluation view has no examples")
+        answers = [self.answers[i] for i in torch.cat(answer_ids).tolist()]
+        ids = [q for chunk in question_ids for q in (chunk.tolist() if isinstance(chunk, Tensor) else chunk)]
+        self.predictions = list(zip(ids, answers))
         return {"accuracy": float(total) / count}
+
+    def write_answers(self, path: Path, predictions: Sequence[tuple[QuestionId, str]]) -> Path:
+        """Write (question id, answer) pairs in this benchmark's prediction format; returns the path."""
+        raise NotImplementedError
+
+    def write_predictions(self, directory: Path) -> Path | None:
+        """``predictions.json`` of the last :meth:`evaluate` (``None`` before any)."""
+        if not self.predictions:
+            return None
+        return self.write_answers(Path(directory) / PREDICTIONS_JSON, self.predictions)
+
+
+class VQAHead(AnswerHead):
+    """VQA: Linear(H,sH) → GeLU → LayerNorm → Linear(sH,A) on pooled; BCE on soft scores; soft accuracy."""
+
+    name: ClassVar[str] = "vqa"
+    target_field: ClassVar[str] = "vqa_target"
+    requires: ClassVar[frozenset[str]] = frozenset({"text", "visual_feats", "visual_pos", "vqa_target"})
+    defaults: ClassVar[dict[str, Any]] = {**AnswerHead.defaults, "answers_key": "vqa"}
+
+    def question_scores(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The VQA soft score of the argmax answer."""
+        return vqa_scores(logits, targets)
+
+    def write_answers(self, path: Path, predictions: Sequence[tuple[QuestionId, str]]) -> Path:
+        """VQA's ``[{question_id, answer}]``."""
+        return write_vqa_predictions(path, predictions)

@@ -11,25 +11,28 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from mmcore.api import PAIR_FIELDS, DataInfo, Dataset, ExampleSource
+from mmcore.api import PAIR_FIELDS, SECOND_IMAGE_FIELDS, DataInfo, Dataset, ExampleSource
 from mmcore.data import annotations as ann
 from mmcore.data.hardneg import load_hard_negatives
 from mmcore.data.store import FeatureStore
 from mmcore.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, word_token_ids
-from mmcore.data.views import (PairView, RetrievalView, VQAView, phrase_descriptions, remove_verb_phrases,
-                               token_pairs)
+from mmcore.data.views import (GQAView, NLVR2View, PairView, RetrievalView, VQAView, phrase_descriptions,
+                               remove_verb_phrases, token_pairs)
 from mmcore.errors import MMCoreError
 
-from mmcore_synth.generate import GENERATOR_VERSION, generate, image_ids
+from mmcore_synth.generate import GENERATOR_VERSION, GQA_ANSWERS, generate, image_ids
 from mmcore_synth.world import VERBS
 
 # Options read when views are built, not when the world is generated: they do not change the cache key.
-_VIEW_OPTIONS = frozenset({"phrases_per_image", "in_memory"})
+_VIEW_OPTIONS = frozenset({"phrases_per_image", "in_memory", "hard_negative_pool"})
+# Which images the pre-training views' difficult-sample file covers (see ``SynthWorld.defaults``).
+_HARD_NEGATIVE_FILES = {"retrieval": "retrieval_hard_negatives.npz", "train": "hard_negatives.npz"}
 _PRETRAIN_VIEWS = ("token", "phrase", "sentence")
 
 
 class SynthWorld(Dataset):
-    """Seeded synthetic scenes with detector features and every view: token, phrase, sentence, vqa, retrieval."""
+    """Seeded synthetic scenes with detector features and every view: token, phrase, sentence, vqa, gqa, nlvr2,
+    retrieval."""
 
     name: ClassVar[str] = "synthworld"
     defaults: ClassVar[dict[str, Any]] = {
@@ -39,7 +42,9 @@ class SynthWorld(Dataset):
         "test_images": 100,
         "vqa_train_images": 300,  # downstream training is deliberately small: pre-training has to pay off
         "retrieval_train_images": 150,
-        "questions_per_image": 4,
+        "gqa_train_images": 300,  # GQA questions come from the first this-many train images
+        "nlvr2_train_pairs": 600,  # NLVR2 train image pairs (one statement each); val/test: 2 pairs per image
+        "questions_per_image": 4,  # VQA and GQA questions per image
         "captions_per_image": 5,
         "phrases_per_image": 3,  # phrase descriptions per image: phrase pairs ≈ 3× token pairs
         "max_regions": 36,
@@ -49,6 +54,11 @@ class SynthWorld(Dataset):
         "label_accuracy": 0.8,  # detector object-label accuracy
         "attr_accuracy": 0.7,  # detector attribute-label accuracy
         "hard_negatives_top": 100,
+        # The paper's ITM_HS reads ViLBERT's difficult-sample file, which covers Flickr30k's retrieval images
+        # only; a pre-training image without an entry gets a random negative. ``retrieval`` mirrors that (the
+        # retrieval train images have hard negatives, the rest of pre-training does not); ``train`` gives every
+        # pre-training image its top-M nearest images.
+        "hard_negative_pool": "retrieval",
         "vocab_size": 1000,
         "in_memory": True,
     }
@@ -58,6 +68,8 @@ class SynthWorld(Dataset):
         "sentence": PAIR_FIELDS,
         "vqa": PAIR_FIELDS | {"vqa_target", "question_id"},
         "retrieval": PAIR_FIELDS | {"caption_index", "image_index"},
+        "gqa": PAIR_FIELDS | {"gqa_target", "question_id"},
+        "nlvr2": PAIR_FIELDS | SECOND_IMAGE_FIELDS | {"nlvr2_label", "identifier"},
     }
 
     def __init__(self, options: dict[str, Any], cache_dir: Path) -> None:
@@ -74,7 +86,8 @@ class SynthWorld(Dataset):
 
     def _check_options(self) -> None:
         o = self.options
-        for key in ("train_images", "val_images", "test_images", "max_regions", "feature_dim"):
+        for key in ("train_images", "val_images", "test_images", "max_regions", "feature_dim", "gqa_train_images",
+                    "nlvr2_train_pairs"):
             if int(o[key]) < (1 if key != "max_regions" else 2):
                 raise MMCoreError(f"dataset 'synthworld': option {key} must be positive, got {o[key]}")
         if int(o["train_images"]) < 2:
@@ -82,6 +95,9 @@ class SynthWorld(Dataset):
         for key in ("label_accuracy", "attr_accuracy"):
             if not 0.0 <= float(o[key]) <= 1.0:
                 raise MMCoreError(f"dataset 'synthworld': option {key} must lie in [0, 1], got {o[key]}")
+        if o["hard_negative_pool"] not in _HARD_NEGATIVE_FILES:
+            raise MMCoreError(f"dataset 'synthworld': option hard_negative_pool must be one of "
+                              f"{', '.join(_HARD_NEGATIVE_FILES)}, got {o['hard_negative_pool']!r}")
 
     # ---- generation and cache ------------------------------------------------------------------------------
 
@@ -168,7 +184,8 @@ class SynthWorld(Dataset):
             object_token_ids=word_token_ids(tok, objects),
             object_names=tuple(objects),
             attribute_names=tuple(attributes),
-            answers={"vqa": tuple(ann.read_answer_table(self._ready()))},
+            answers={"vqa": tuple(ann.read_answer_table(self._ready())),
+                     "gqa": tuple(ann.read_answer_file(self._ready() / GQA_ANSWERS))},
         )
 
     def view(self, name: str, split: str) -> ExampleSource:
@@ -187,7 +204,8 @@ class SynthWorld(Dataset):
 
     def _build(self, name: str, split: str) -> ExampleSource:
         root, store = self._ready(), self.store()
-        hard = load_hard_negatives(root / "hard_negatives.npz") if split == "train" else None
+        pool = _HARD_NEGATIVE_FILES[str(self.options["hard_negative_pool"])]
+        hard = load_hard_negatives(root / pool) if split == "train" else None
         if name == "token":
             return PairView(token_pairs(store, self.object_names(), image_ids(self.options)[split]), store, hard)
         if name in ("phrase", "sentence"):
@@ -197,6 +215,11 @@ class SynthWorld(Dataset):
             return PairView(self._phrase_pairs(records), store, hard)
         if name == "vqa":
             return VQAView(ann.read_vqa(root / f"vqa_{split}.json"), ann.read_answer_table(root), store, hard)
+        if name == "gqa":
+            return GQAView(ann.read_gqa(root / f"gqa_{split}.json"), ann.read_answer_file(root / GQA_ANSWERS), store,
+                           hard)
+        if name == "nlvr2":
+            return NLVR2View(ann.read_nlvr2(root / f"nlvr2_{split}.json"), store)
         items = ann.read_retrieval(root / f"retrieval_{split}.json")
         hard = load_hard_negatives(root / "retrieval_hard_negatives.npz") if split == "train" else None
         return RetrievalView(items, store, hard)

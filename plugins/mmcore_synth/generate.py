@@ -8,6 +8,8 @@ Files written (all through mmcore's core writers, so the readers real data uses 
   region phrases, verb phrases included)
 - ``vqa_{train,val,test}.json``, ``trainval_ans2label.json``, ``trainval_label2ans.json``
 - ``retrieval_{train,val,test}.json``: Flickr30k style
+- ``gqa_{train,val,test}.json`` (GQA JSON) and its answer table ``gqa_trainval_ans2label.json``
+- ``nlvr2_{train,val,test}.json``: NLVR2 JSON, one statement per image pair
 - ``hard_negatives.npz`` (over train images), ``retrieval_hard_negatives.npz`` (over retrieval train images)
 - ``vocab.txt``: the WordPiece vocabulary; ``world.json``: the options and generator version
 """
@@ -15,6 +17,7 @@ Files written (all through mmcore's core writers, so the readers real data uses 
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -27,12 +30,15 @@ from mmcore.data.tokenizer import build_wordpiece
 
 from mmcore_synth.features import encode_scenes
 from mmcore_synth.language import captions, vg_phrases, vqa_questions
+from mmcore_synth.reasoning import gqa_questions, nlvr2_pairs, nlvr2_statement
 from mmcore_synth.world import ATTRIBUTES, OBJECT_NAMES, VERBS, Scene, sample_scene
 
 # Bump when the generated data changes for the same options, so old caches are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLITS = ("train", "val", "test")
 _MAX_QUESTIONS = 100  # question ids are image_index * 100 + k
+GQA_ANSWERS = "gqa_trainval_ans2label.json"
+NLVR2_EVAL_PAIRS_PER_IMAGE = 2  # val/test NLVR2 pairs per image of the split
 
 
 def image_ids(options: dict[str, Any]) -> dict[str, list[str]]:
@@ -96,6 +102,8 @@ def generate(options: dict[str, Any], directory: Path, progress: Callable[[str],
     ann.write_answer_table(directory, table)
     texts += table
 
+    reasoning_texts = _write_gqa_nlvr2(directory, options, ids, scenes, position)
+
     retrieval_split = {"train": retrieval_train, "val": ids["val"], "test": ids["test"]}
     for split, imgs in retrieval_split.items():
         items = [(img, captions(scenes[img], _rng(seed, img, "retrieval"), 5, identifying=True)) for img in imgs]
@@ -110,9 +118,46 @@ def generate(options: dict[str, Any], directory: Path, progress: Callable[[str],
         rows = [store.index(i) for i in imgs]
         save_hard_negatives(directory / name, imgs, nearest_images(pooled[rows], top))
     store.close()
-    build_wordpiece(texts, directory, int(options["vocab_size"]), required=list(OBJECT_NAMES) + list(ATTRIBUTES))
+    build_wordpiece(texts, directory, int(options["vocab_size"]),
+                    required=[*OBJECT_NAMES, *ATTRIBUTES, *_words(reasoning_texts)])
     write_json(directory / "world.json", {"generator_version": GENERATOR_VERSION, "options": options,
                                           "verbs": sorted(VERBS)})
+
+
+def _write_gqa_nlvr2(directory: Path, options: dict[str, Any], ids: dict[str, list[str]], scenes: dict[str, Scene],
+                     position: dict[str, int]) -> list[str]:
+    """Write the GQA and NLVR2 files; returns their texts."""
+    seed, texts = int(options["seed"]), []
+    gqa_split = {"train": ids["train"][: int(options["gqa_train_images"])], "val": ids["val"], "test": ids["test"]}
+    answers: Counter[str] = Counter()
+    for split, imgs in gqa_split.items():
+        records = [q for img in imgs for q in gqa_questions(scenes[img], _rng(seed, img, "gqa"),
+                                                             int(options["questions_per_image"]),
+                                                             position[img] * _MAX_QUESTIONS)]
+        ann.write_gqa(directory / f"gqa_{split}.json", records)
+        texts += [r["sent"] for r in records]
+        if split != "test":
+            answers.update(a for r in records for a in r["label"])
+    ann.write_answer_file(directory / GQA_ANSWERS, sorted(answers, key=lambda a: (-answers[a], a)))
+    for split, imgs in ids.items():
+        count = int(options["nlvr2_train_pairs"]) if split == "train" else NLVR2_EVAL_PAIRS_PER_IMAGE * len(imgs)
+        records = []
+        for k, (left, right) in enumerate(nlvr2_pairs(imgs, count, random.Random(f"{seed}:{split}:nlvr2-pairs"))):
+            sent, true = nlvr2_statement(scenes[left], scenes[right], _rng(seed, f"{left}+{right}", "nlvr2"))
+            records.append({"identifier": f"{split}-{k}-0", "img0": left, "img1": right, "label": int(true),
+                            "sent": sent, "uid": f"nlvr2_{split}_{k}"})
+        ann.write_nlvr2(directory / f"nlvr2_{split}.json", records)
+        texts += [r["sent"] for r in records]
+    return texts
+
+
+def _words(texts: list[str]) -> list[str]:
+    """The distinct words and punctuation marks of ``texts`` (the pre-tokenizer's split of this plain text).
+
+    They join the vocabulary as required words rather than as corpus text: words the other views use keep
+    their ids and order, and the new ones follow them.
+    """
+    return sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]", text.lower())})
 
 
 def _pretrain_record(scene: Scene, seed: int, num_captions: int) -> dict[str, Any]:

@@ -66,9 +66,12 @@ class Registry:
         self._add(Entry("dataset", _name_of(cls), cls, self._origin, _doc(cls), provides=provides,
                         defaults=dict(cls.defaults)))
 
-    def add_extractor(self, name: str, factory: Callable[..., Any], description: str = "") -> None:
-        """Register a feature extractor ``factory(options) -> extractor`` under ``name``."""
-        self._add(Entry("extractor", name, factory, self._origin, description or _doc(factory)))
+    def add_extractor(self, name: str, factory: Callable[..., Any], description: str = "",
+                      defaults: dict[str, Any] | None = None) -> None:
+        """Register a feature extractor ``factory(options) -> extractor`` under ``name``; ``defaults`` lists its
+        options (see :mod:`mmcore.data.extract`)."""
+        self._add(Entry("extractor", name, factory, self._origin, description or _doc(factory),
+                        defaults=dict(defaults or {})))
 
     def get(self, kind: str, name: str) -> Entry:
         """The entry, or an error listing every registered name of that kind."""

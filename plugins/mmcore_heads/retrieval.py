@@ -1,22 +1,42 @@
 """The ``retrieval`` head: an ITM-style matching score, fine-tuned with three negatives per positive pair and
-evaluated by scoring the full caption × image matrix of a view (a cross-encoder has no shortcut)."""
+evaluated by scoring the caption × image matrix of a view: every pair (a cross-encoder has no shortcut), or a
+shortlist re-ranked after a cheap first stage; optionally on the first N images only, and resumable through a
+score cache file."""
 
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mmcore.api import (
-    IMAGE_FIELDS, TEXT_FIELDS, Backbone, Batch, DataInfo, EvalContext, Example, ExampleSource, Head, Task,
+    IMAGE_FIELDS,
+    Backbone,
+    Batch,
+    DataInfo,
+    EvalContext,
+    Example,
+    ExampleSource,
+    Head,
+    Task,
     init_bert_,
 )
 from mmcore.errors import MMCoreError
 from mmcore_heads.metrics import DEFAULT_KS, first_caption_tr, recall_at_k
-
+from mmcore_heads.scoring import (
+    ScoreMatrix,
+    ScoringOptions,
+    as_path,
+    cache_key,
+    encode_inputs,
+    score_pairs,
+)
+from mmcore_heads.shortlist import FIRST_STAGES, first_stage_scores, shortlist_mask
 
 NEGATIVE_KINDS = ("random_image", "hard_caption", "random_caption")
 # Bounded retries when a drawn negative happens to repeat the positive's text (synthetic scenes can share a
@@ -35,6 +55,13 @@ class RetrievalHead(Head):
         "hard_pool": 100,  # hard captions come from the first this-many hard-negative images (ViLBERT: 100)
         "eval_batch_pairs": 512,  # (caption, image) pairs per forward pass in evaluation
         "ks": list(DEFAULT_KS),
+        "images": 0,  # evaluate on the first N images of the view and their captions only (0: every image)
+        "shortlist": 0,  # cross-encode only each caption's top-K images and each image's top-K captions (0: all)
+        "shortlist_by": "labels",  # the first stage: labels (detected object names) | backbone (per modality)
+        "score_cache": "",  # .npz keeping scores + done-mask, so an interrupted evaluation resumes ("": none)
+        "checkpoint_every": 200,  # batches between writes of score_cache
+        "progress_every": 16,  # batches between progress updates (each waits for the device)
+        "bf16": False,  # score under bfloat16 autocast (for CUDA; CPU autocast is rarely faster)
     }
 
     def __init__(self, info: DataInfo, hidden_size: int, pretrained: dict[str, Task], **options: Any) -> None:
@@ -45,6 +72,9 @@ class RetrievalHead(Head):
         if unknown:
             raise MMCoreError(f"head 'retrieval': unknown negatives {unknown}; known: {', '.join(NEGATIVE_KINDS)}")
         self.ks: tuple[int, ...] = tuple(int(k) for k in _as_list(self.options["ks"]))
+        self.scoring = _scoring_options(self.options)
+        # Called with the number of batches scored so far after each evaluation batch (tests interrupt with it).
+        self.batch_hook: Callable[[int], None] | None = None
         self.match = nn.Linear(hidden_size, 2)
         init_bert_(self.match)
         self.initialized_from: str | None = None
@@ -116,44 +146,62 @@ class RetrievalHead(Head):
     # ---- evaluation ----------------------------------------------------------------------------------------
 
     def evaluate(self, backbone: Backbone, view: ExampleSource, ctx: EvalContext) -> dict[str, float]:
-        """IR/TR R@K over the full caption × image matrix, plus LXMERT-S's ``tr_first_caption_r{k}`` variant."""
-        caption_image = _retrieval_attr(view, "caption_image")
+        """IR/TR R@K over the caption × image matrix, plus LXMERT-S's ``tr_first_caption_r{k}`` variant.
+
+        With ``images: N`` only the first N images and their captions take part; with ``shortlist: K`` pairs
+        outside the shortlist score -inf, i.e. rank below every scored pair.
+        """
+        _, _, caption_image = self._selection(view)
         scores = self.score_matrix(backbone, view, ctx)
         return {**recall_at_k(scores, caption_image, self.ks), **first_caption_tr(scores, caption_image, self.ks)}
 
     def score_matrix(self, backbone: Backbone, view: ExampleSource, ctx: EvalContext) -> Tensor:
-        """Scores [C,I] of every caption of ``view`` against every image, in ``eval_batch_pairs``-sized passes.
+        """Scores [C,I] of the selected captions against the selected images (see :mod:`mmcore_heads.scoring`).
 
-        Captions are tokenised once into fixed chunks and each image's fields are loaded once; a pass pairs a
-        group of images with one caption chunk by repeating tensors, so there is no per-pair Python work.
+        Every pair is scored by the cross-encoder unless ``shortlist`` is set; then only each caption's top-K
+        images and each image's top-K captions by the ``shortlist_by`` first stage are, and the rest are -inf.
         """
+        captions, image_ids, _ = self._selection(view)
+        inputs = encode_inputs(ctx, captions, image_ids, view.image)
+        shape = (len(captions), len(image_ids))
+        k = int(self.options["shortlist"])
+        if k:
+            first = first_stage_scores(str(self.options["shortlist_by"]), inputs, self.info, backbone, ctx)
+            candidates = shortlist_mask(first, k)
+        else:
+            candidates = np.ones(shape, dtype=bool)
+        cache = as_path(self.options["score_cache"])
+        key = cache_key([backbone, self], inputs, image_ids, self.scoring.bf16) if cache is not None else ""
+        matrix = ScoreMatrix(shape, cache, key)
+        advance = ctx.progress(int(candidates.sum()), "retrieval: scoring caption × image pairs")
+        score_pairs(inputs, lambda batch: self.scores(backbone, batch), matrix, candidates, advance, self.scoring,
+                    self.batch_hook)
+        scores = torch.from_numpy(matrix.scores).masked_fill(torch.from_numpy(~candidates), float("-inf"))
+        return scores.to(ctx.device)
+
+    def _selection(self, view: ExampleSource) -> tuple[list[str], list[str], list[int]]:
+        """(captions, image ids, caption -> image index) of the images evaluated (all, or the first ``images``)."""
         captions: Sequence[str] = _retrieval_attr(view, "captions")
-        images: Sequence[str] = _retrieval_attr(view, "images")
-        num_captions, num_images = len(captions), len(images)
-        if num_captions == 0 or num_images == 0:
+        image_ids: Sequence[str] = _retrieval_attr(view, "images")
+        owners: Sequence[int] = _retrieval_attr(view, "caption_image")
+        if len(captions) == 0 or len(image_ids) == 0:
             raise MMCoreError("head 'retrieval': the evaluation view has no captions or no images")
-        pairs = max(1, int(self.options["eval_batch_pairs"]))
-        chunk = min(num_captions, pairs)
-        # With few captions, several images share a pass so the batch still holds about `pairs` pairs.
-        group = max(1, pairs // chunk)
-        text_chunks = [
-            (start, _tensors(ctx.collate([{"text": c} for c in captions[start : start + chunk]]), TEXT_FIELDS))
-            for start in range(0, num_captions, chunk)
-        ]
-        scores = torch.empty(num_captions, num_images, dtype=torch.float32, device=ctx.device)
-        advance = ctx.progress(num_captions * num_images, "retrieval: scoring caption × image pairs")
-        for first in range(0, num_images, group):
-            ids = images[first : first + group]
-            vision = _tensors(ctx.collate([view.image(i) for i in ids]), IMAGE_FIELDS)
-            g = len(ids)
-            for start, text in text_chunks:
-                n = next(iter(text.values())).shape[0]
-                # Image-major layout: pair (image a, caption b) sits at row a*n + b.
-                batch: Batch = {k: v.repeat(g, *([1] * (v.dim() - 1))) for k, v in text.items()}
-                batch.update({k: v.repeat_interleave(n, dim=0) for k, v in vision.items()})
-                scores[start : start + n, first : first + g] = self.scores(backbone, batch).view(g, n).T
-                advance(g * n)
-        return scores
+        limit = int(self.options["images"]) or len(image_ids)
+        keep = [c for c, owner in enumerate(owners) if owner < limit]
+        return [captions[c] for c in keep], list(image_ids[:limit]), [int(owners[c]) for c in keep]
+
+
+def _scoring_options(options: dict[str, Any]) -> ScoringOptions:
+    lowest = {"eval_batch_pairs": 1, "checkpoint_every": 1, "progress_every": 1, "images": 0, "shortlist": 0}
+    for name, low in lowest.items():
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MMCoreError(f"head 'retrieval': option {name!r} must be an integer >= {low}, got {value!r}")
+    if options["shortlist_by"] not in FIRST_STAGES:
+        raise MMCoreError(f"head 'retrieval': unknown shortlist_by {options['shortlist_by']!r}; known: "
+                          f"{', '.join(FIRST_STAGES)}")
+    return ScoringOptions(batch_pairs=int(options["eval_batch_pairs"]), progress_every=int(options["progress_every"]),
+                          checkpoint_every=int(options["checkpoint_every"]), bf16=bool(options["bf16"]))
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -162,10 +210,6 @@ def _as_list(value: Any) -> list[Any]:
 
 def _pair(text: str, image: Example, label: float) -> Example:
     return {"text": text, **image, "match_label": label}
-
-
-def _tensors(batch: Batch, keys: frozenset[str]) -> dict[str, Tensor]:
-    return {k: v for k, v in batch.items() if k in keys and isinstance(v, Tensor)}
 
 
 def _image_fields(source: ExampleSource, img_id: str, keys: list[str]) -> Example:

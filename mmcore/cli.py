@@ -14,6 +14,7 @@ from rich.table import Table
 
 from mmcore import __version__
 from mmcore.cli_data import data as data_group
+from mmcore.cli_evaluate import evaluate as evaluate_command
 from mmcore.cli_report import report as report_command
 from mmcore.errors import MMCoreError, PluginError
 from mmcore.plugins import Plugins, load_plugins
@@ -141,9 +142,11 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | Non
     try:
         results = Engine(resolved, plugins, run_dir, reporter, cache_dir).execute()
     except MMCoreError:
-        if resume is None:
+        if resume is None and run_dir.main:
             _remove_unstarted(run_dir.path)
         raise
+    if not run_dir.main:  # under torchrun, rank 0 prints the tables
+        return
     console = _stdout_console()
     console.print(rich_table("pre-training", *stage_rows(results)))
     console.print(rich_table(f"results (%) — {run_dir.path}", *evaluation_rows(results)))
@@ -151,6 +154,7 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | Non
 
 def _run_many(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | None, run_name: str | None,
               output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool) -> None:
+    from mmcore import distributed
     from mmcore.runmany import run_many
 
     if resume is not None:
@@ -160,6 +164,8 @@ def _run_many(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path
     prepared = [prepare_recipe(path, overrides)[1:] for path in recipes]
     outcomes = run_many(prepared, output_dir=output_dir, run_name=run_name, overwrite=overwrite,
                         cache_dir=cache_dir, reporter=Reporter(err_console, quiet=quiet))
+    if not distributed.current().is_main:  # under torchrun, rank 0 prints the table
+        return
     rows = [[o.name, o.status, str(o.path)] for o in outcomes]
     out = _stdout_console()
     out.print(rich_table(f"{len(outcomes)} recipes", ["recipe", "status", "run directory"], rows))
@@ -283,6 +289,7 @@ def _register_plugin_commands() -> None:
 
 main.add_command(data_group)
 main.add_command(report_command)
+main.add_command(evaluate_command)
 _register_plugin_commands()
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from mmcore import distributed
 from mmcore.api import Backbone, Batch, Dataset, Example, ExampleSource, Head, Task
+from mmcore.checkpointing import (
+    CheckpointFiles,
+    check_fits,
+    cpu_state,
+    read_backbone_weights,
+)
 from mmcore.data.collate import Collator, to_device
 from mmcore.errors import MMCoreError
 from mmcore.plugins import Plugins
 from mmcore.progress import Reporter
-from mmcore.rundir import RunDir, atomic_torch_save, fingerprint
+from mmcore.rundir import RunDir, fingerprint
 from mmcore.summary import write_summary
-from mmcore.training import EpochSampler, MixedExamples, PrepareCollate, train_loop
+from mmcore.training import (
+    EpochSampler,
+    LoopResult,
+    MixedExamples,
+    PrepareCollate,
+    train_loop,
+)
 
 
 def default_cache_dir() -> Path:
@@ -47,7 +61,7 @@ class EvalContext:
         self.collator, self.device, self.batch_size, self.reporter = collator, device, batch_size, reporter
         self._open_bars = ExitStack()
 
-    def __enter__(self) -> "EvalContext":
+    def __enter__(self) -> EvalContext:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -75,10 +89,13 @@ class Engine:
 
     def __init__(self, recipe: dict[str, Any], plugins: Plugins, run: RunDir, reporter: Reporter,
                  cache_dir: Path | None = None) -> None:
+        self.dist = distributed.setup()
+        # Progress and messages from rank 0 only; the others would repeat them.
+        reporter = reporter if self.dist.is_main else Reporter(reporter.console, quiet=True)
         self.recipe, self.plugins, self.run, self.reporter = recipe, plugins, run, reporter
         self.registry = plugins.registry
         self.cache_dir = cache_dir or default_cache_dir()
-        self.device = pick_device(recipe["device"])
+        self.device = self.dist.device(pick_device(recipe["device"]))
         self.seed = int(recipe["seed"])
         self._datasets: dict[str, Dataset] = {}
         self.results: dict[str, Any] = run.read_results()
@@ -90,7 +107,8 @@ class Engine:
             entry = self.registry.get("dataset", name)
             dataset = entry.factory(self.recipe["datasets"].get(name, dict(entry.defaults)), self.cache_dir)
             self.reporter.message(f"[dim]preparing dataset {name}…[/dim]")
-            dataset.prepare(self.reporter.message)
+            with self.dist.main_first():  # rank 0 generates or converts; the others then find the cache ready
+                dataset.prepare(self.reporter.message)
             self._datasets[name] = dataset
         return self._datasets[name]
 
@@ -126,6 +144,11 @@ class Engine:
         start = time.perf_counter()
         self.info = self._primary_dataset().info()
         self.tokenizer = self._primary_dataset().tokenizer()
+        self._check_init_checkpoints()
+        if self.dist.enabled:  # every process prepares now: rank 0 alone evaluates, and must not wait for the others
+            for item in [*self.recipe["zero_shot"], *self.recipe["finetune"]]:
+                for data in item["data"]:
+                    self.dataset(data["dataset"])
         state = self._pretrain()
         pretrained = self._pretrained_tasks(state)
         for item in self.recipe["zero_shot"]:
@@ -140,7 +163,8 @@ class Engine:
             self._record(item["name"], self._finetune(item, state, pretrained))
         self.results.setdefault("_run", {})["seconds_this_session"] = round(time.perf_counter() - start, 1)
         self.run.write_results(self.results)
-        write_summary(self.run, self.recipe, self.results)
+        if self.run.main:
+            write_summary(self.run, self.recipe, self.results)
         return self.results
 
     def _record(self, name: str, result: dict[str, Any]) -> None:
@@ -153,12 +177,34 @@ class Engine:
         for index, stage in enumerate(self.recipe["stages"]):
             path = self.run.stage_checkpoint(stage["name"])
             if path.exists():
-                ckpt = torch.load(path, map_location="cpu", weights_only=False)
+                files = self._files(path, stage["name"], f"stage {stage['name']!r}")
+                ckpt = files.read(path)
+                files.discard_partial()
                 state = {"backbone": ckpt["backbone"], "tasks": {**state["tasks"], **ckpt["tasks"]}, "stage": stage["name"]}
+                if "metrics" in ckpt and stage["name"] not in self.results.get("_stages", {}):
+                    # Stopped between writing the checkpoint and recording the stage: record it now.
+                    self.results.setdefault("_stages", {})[stage["name"]] = ckpt["metrics"]
+                    self.run.write_results(self.results)
                 self.reporter.message(f"[dim]stage {stage['name']}: checkpoint found, skipped[/dim]")
                 continue
             state = self._train_stage(index, stage, state)
         return state
+
+    def _check_init_checkpoints(self) -> None:
+        """Before any training: every ``init:`` checkpoint of a stage still to run fits the recipe's backbone."""
+        backbone = None
+        for stage in self.recipe["stages"]:
+            init = stage["init"]
+            if init in ("previous", "none", None) or self.run.stage_checkpoint(stage["name"]).exists():
+                continue
+            if backbone is None:
+                torch.manual_seed(self.seed)
+                backbone = self.build_backbone()
+            check_fits(read_backbone_weights(init), backbone, self._init_where(stage), init)
+
+    @staticmethod
+    def _init_where(stage: dict[str, Any]) -> str:
+        return stage.get("_init_where") or f"stage {stage['name']!r}: init"
 
     def _initial_backbone(self, stage: dict[str, Any], state: dict[str, Any]) -> tuple[Backbone, dict[str, Any]]:
         torch.manual_seed(self.seed)
@@ -168,65 +214,86 @@ class Engine:
             backbone.load_state_dict(state["backbone"])
             return backbone, {"from": state["stage"]}
         if init not in ("previous", "none", None):
-            ckpt = torch.load(init, map_location="cpu", weights_only=False)
-            weights = ckpt.get("backbone", ckpt) if isinstance(ckpt, dict) else ckpt
-            try:
-                backbone.load_state_dict(weights)
-            except RuntimeError as exc:
-                raise MMCoreError(f"stage {stage['name']!r}: checkpoint {init} does not fit the backbone: {exc}") from None
+            weights = read_backbone_weights(init)
+            check_fits(weights, backbone, self._init_where(stage), init)
+            backbone.load_state_dict(weights)
             return backbone, {"from": str(init)}
         return backbone, {"from": None}
 
     def _train_stage(self, index: int, stage: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         self.plugins.hook.mmcore_stage_start(run=self, stage=stage)
+        name = stage["name"]
+        files = self._files(self.run.stage_checkpoint(name), name, f"stage {name!r}")
+        partial = files.begin()
         backbone, init = self._initial_backbone(stage, state)
         init["fingerprint"] = fingerprint(backbone.state_dict())
         tasks = self.build_tasks(stage, backbone)
         carried = state["tasks"] if init["from"] == state["stage"] and state["stage"] is not None else {}
-        for name, task in tasks.items():
-            if name in carried:
-                task.load_state_dict(carried[name])
-        weights = {name: float(opts["weight"]) for name, opts in stage["tasks"].items()}
-        generator = torch.Generator(device=self.device).manual_seed(self.seed + index)
+        for task_name, task in tasks.items():
+            if task_name in carried:
+                task.load_state_dict(carried[task_name])
+        if partial is not None:  # continue the stage: its weights so far, and where they began
+            init = partial["init"]
+            backbone.load_state_dict(partial["backbone"])
+            for task_name, task in tasks.items():
+                task.load_state_dict(partial["tasks"][task_name])
+        weights = {task_name: float(opts["weight"]) for task_name, opts in stage["tasks"].items()}
+        generator = torch.Generator(device=self.device).manual_seed(self.dist.seed(self.seed + index))
 
         def step(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
             for task in tasks.values():
                 task.corrupt(batch, generator)
             output = backbone.encode(batch)
-            parts = {name: task.loss(output, batch) for name, task in tasks.items()}
-            total = sum(weights[name] * loss for name, loss in parts.items())
+            parts = {task_name: task.loss(output, batch) for task_name, task in tasks.items()}
+            total = sum(weights[task_name] * loss for task_name, loss in parts.items())
             return total, parts
 
-        views, data = self._views(stage["data"])
+        def saved() -> dict[str, Any]:
+            return {"stage": name, "index": index, "init": init, "backbone": cpu_state(backbone),
+                    "tasks": {task_name: cpu_state(t) for task_name, t in tasks.items()}, "mmcore_format": 2}
+
+        _, data = self._views(stage["data"])
         prepare = [_as_list(task.prepare) for task in tasks.values()]
-        collate = PrepareCollate(prepare, Collator(self.tokenizer, stage["max_text_len"]), self.seed + index)
+        collate = PrepareCollate(prepare, Collator(self.tokenizer, stage["max_text_len"]), self.dist.seed(self.seed + index))
         sampler = EpochSampler(data, [d["weight"] for d in stage["data"]], self.seed + index)
         result = train_loop(
-            description=f"stage {index + 1}/{len(self.recipe['stages'])} {stage['name']}",
+            description=f"stage {index + 1}/{len(self.recipe['stages'])} {name}",
             step_fn=step, modules=[backbone, *tasks.values()], data=data, sampler=sampler, collate=collate,
             batch_size=stage["batch_size"], epochs=stage["epochs"], max_steps=stage["max_steps"], optim=stage["optim"],
             device=self.device, reporter=self.reporter, log_every=self.recipe["log_every"],
-            log=lambda s, e, m: self._log(stage["name"], s, e, m),
+            log=lambda s, e, m: self._log(name, s, e, m), generators={"corrupt": generator},
+            **self._checkpointing(stage, files, partial, saved),
         )
-        backbone_state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
-        task_states = {name: {k: v.detach().cpu() for k, v in t.state_dict().items()} for name, t in tasks.items()}
-        atomic_torch_save(self.run.stage_checkpoint(stage["name"]), {
-            "stage": stage["name"], "index": index, "backbone": backbone_state, "tasks": task_states,
-            "step": result.steps, "init": init, "fingerprint": fingerprint(backbone_state),
-            "rng": torch.get_rng_state(), "mmcore_format": 1,
-        })
+        final = saved()
         metrics = {"steps": result.steps, "samples": result.samples, "seconds": round(result.seconds, 1),
                    **{f"final_{k}": v for k, v in result.last_losses.items()}}
+        files.save_final({**final, "step": result.steps, "fingerprint": fingerprint(final["backbone"]),
+                          "rng": torch.get_rng_state(), "training": result.state, "metrics": metrics})
         stages = self.results.setdefault("_stages", {})
-        stages[stage["name"]] = metrics
+        stages[name] = metrics
         self.run.write_results(self.results)
         self.plugins.hook.mmcore_stage_end(run=self, stage=stage, metrics=metrics)
-        return {"backbone": backbone_state, "tasks": {**state["tasks"], **task_states}, "stage": stage["name"]}
+        return {"backbone": final["backbone"], "tasks": {**state["tasks"], **final["tasks"]}, "stage": name}
+
+    def _files(self, final: Path, scope: str, what: str) -> CheckpointFiles:
+        return CheckpointFiles(self.run, final, scope, what)
+
+    def _checkpointing(self, item: dict[str, Any], files: CheckpointFiles, partial: dict[str, Any] | None,
+                       saved: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """train_loop's arguments for accumulation, checkpoints inside a stage or fine-tuning, and resuming one."""
+        def checkpoint(training: dict[str, Any]) -> None:
+            if self.run.main:  # the others would copy their weights only to drop them
+                files.save_partial({**saved(), "step": training["step"], "training": training})
+
+        resume = None if partial is None else {**partial["training"], "path": str(files.partial)}
+        return {"grad_accum": item["grad_accum"], "checkpoint_every": item["checkpoint_every"],
+                "checkpoint": checkpoint, "resume": resume, "dist": self.dist}
 
     def _log(self, scope: str, step: int, epoch: int, metrics: dict[str, float]) -> None:
         record = {"scope": scope, "step": step, "epoch": epoch, **{k: round(v, 6) for k, v in metrics.items()}}
         self.run.log_metrics(record)
-        self.plugins.hook.mmcore_log(run=self, step=step, metrics=record)
+        if self.dist.is_main:  # the record is already reduced over processes
+            self.plugins.hook.mmcore_log(run=self, step=step, metrics=record)
 
     def _pretrained_tasks(self, state: dict[str, Any]) -> dict[str, Task]:
         """Task modules rebuilt with the final trained weights of each task name (for zero-shot heads)."""
@@ -268,7 +335,7 @@ class Engine:
         if not head.zero_shot_ready:
             self.reporter.message(f"[yellow]zero-shot {item['name']}: skipped (no pre-trained head to start from)[/yellow]")
             return {**base, "skipped": "no pre-trained head for zero-shot (e.g. no ITM task was trained)"}
-        metrics = self._evaluate(head, backbone, item, split)
+        metrics = self.dist.on_main(lambda: self._evaluate(head, backbone, item, split))  # rank 0 evaluates
         return {**base, "metrics": metrics}
 
     def _finetune(self, item: dict[str, Any], state: dict[str, Any], pretrained: dict[str, Task]) -> dict[str, Any]:
@@ -276,24 +343,49 @@ class Engine:
         backbone = self._pretrained_backbone(state)
         torch.manual_seed(self.seed + 1000)
         head = self._build_head(item, pretrained, backbone.hidden_size)
-        views, data = self._views(item["data"])
-        collate = PrepareCollate([head.prepare], Collator(self.tokenizer, item["max_text_len"]), self.seed + 1000)
+        files = self._files(self.run.finetune_checkpoint(item["name"]), item["name"], f"fine-tuning {item['name']!r}")
+        if files.final.exists():  # trained, but stopped before its evaluation was recorded
+            done = files.read(files.final)
+            backbone.load_state_dict(done["backbone"])
+            head.load_state_dict(done["head"])
+            files.discard_partial()
+            result = LoopResult(int(done["step"]), 0, float(done.get("seconds", 0.0)), {})
+        else:
+            result = self._train_head(item, backbone, head, files)
+
+        def evaluate() -> tuple[dict[str, float], Path | None]:  # rank 0 only; the others receive its result
+            metrics = self._evaluate(head, backbone, item, item["eval_split"])
+            return metrics, head.write_predictions(self.run.finetune_checkpoint(item["name"]).parent)
+
+        metrics, predictions = self.dist.on_main(evaluate)
+        self.plugins.hook.mmcore_stage_end(run=self, stage=item, metrics=metrics)
+        return {"kind": "finetune", "head": item["head"], "split": item["eval_split"], "steps": result.steps,
+                "seconds": round(result.seconds, 1), "metrics": metrics,
+                **({"predictions": Path(os.path.relpath(predictions, self.run.path)).as_posix()} if predictions else {})}
+
+    def _train_head(self, item: dict[str, Any], backbone: Backbone, head: Head, files: CheckpointFiles) -> LoopResult:
+        """Fine-tune ``backbone`` and ``head`` (from the partial checkpoint, if any); write the final checkpoint."""
+        partial = files.begin()
+        if partial is not None:
+            backbone.load_state_dict(partial["backbone"])
+            head.load_state_dict(partial["head"])
+        _, data = self._views(item["data"])
+        collate = PrepareCollate([head.prepare], Collator(self.tokenizer, item["max_text_len"]),
+                                 self.dist.seed(self.seed + 1000))
         sampler = EpochSampler(data, [1.0], self.seed + 1000)
+
+        def saved() -> dict[str, Any]:
+            return {"name": item["name"], "backbone": cpu_state(backbone), "head": cpu_state(head), "mmcore_format": 2}
+
         result = train_loop(
             description=f"fine-tune {item['name']}", step_fn=lambda b: (head.loss(backbone, b), {}),
             modules=[backbone, head], data=data, sampler=sampler, collate=collate, batch_size=item["batch_size"],
             epochs=item["epochs"], max_steps=item["max_steps"], optim=item["optim"], device=self.device,
             reporter=self.reporter, log_every=self.recipe["log_every"],
-            log=lambda s, e, m: self._log(item["name"], s, e, m),
+            log=lambda s, e, m: self._log(item["name"], s, e, m), **self._checkpointing(item, files, partial, saved),
         )
-        atomic_torch_save(self.run.finetune_checkpoint(item["name"]), {
-            "name": item["name"], "backbone": backbone.state_dict(), "head": head.state_dict(), "step": result.steps,
-            "mmcore_format": 1,
-        })
-        metrics = self._evaluate(head, backbone, item, item["eval_split"])
-        self.plugins.hook.mmcore_stage_end(run=self, stage=item, metrics=metrics)
-        return {"kind": "finetune", "head": item["head"], "split": item["eval_split"], "steps": result.steps,
-                "seconds": round(result.seconds, 1), "metrics": metrics}
+        files.save_final({**saved(), "step": result.steps, "seconds": round(result.seconds, 1), "training": result.state})
+        return result
 
 
 def _as_list(prepare: Any):

@@ -33,7 +33,7 @@ RecipeLoader.add_implicit_resolver(
 
 def parse_yaml(text: str) -> Any:
     """Parse YAML text with :class:`RecipeLoader`."""
-    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+    return yaml.load(text, Loader=RecipeLoader)  # RecipeLoader is a SafeLoader
 
 
 @dataclass
@@ -69,6 +69,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read ``path`` with its includes and apply ``--set`` overrides (``a.b.c=value``, value parsed as YAML)."""
     path = Path(path)
     data, origins = _load_with_includes(path.resolve(), chain=())
+    if not data:
+        raise RecipeError("the recipe is empty; it needs at least a backbone, datasets and stages or finetune", file=str(path))
     recipe = Recipe(path=path, data=data, origins=origins)
     for item in overrides:
         apply_override(recipe, item)
@@ -76,9 +78,6 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def _load_with_includes(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[KeyPath, tuple[str, int | None]]]:
-    if path in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, path))
-        raise RecipeError(f"cyclic include: {cycle}", file=str(chain[-1]), key="include")
     raw, lines = _read_yaml(path)
     merged: dict[str, Any] = {}
     origins: dict[KeyPath, tuple[str, int | None]] = {}
@@ -89,9 +88,12 @@ def _load_with_includes(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, 
         raise RecipeError("'include' must be a file path or a list of file paths", str(path), "include", lines.get(("include",)))
     for index, name in enumerate(includes):
         target = (path.parent / name).resolve()
+        line = lines.get(("include", str(index)), lines.get(("include",)))
         if not target.is_file():
-            raise RecipeError(f"included file not found: {target}", str(path), f"include[{index}]",
-                              lines.get(("include", str(index)), lines.get(("include",))))
+            raise RecipeError(f"included file not found: {target}", str(path), f"include[{index}]", line)
+        if target in (*chain, path):
+            cycle = " -> ".join(str(p) for p in (*chain, path, target))
+            raise RecipeError(f"cyclic include: {cycle}", str(path), f"include[{index}]", line)
         sub, sub_origins = _load_with_includes(target, (*chain, path))
         _merge(merged, sub, origins, sub_origins, ())
     own_origins = {key: (str(path), line) for key, line in lines.items() if key[:1] != ("include",)}
@@ -119,35 +121,51 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError(f"cannot read recipe: {exc.strerror}", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"not a text file (byte {exc.start} is not UTF-8)", file=str(path)) from None
     try:
         node = yaml.compose(text, Loader=RecipeLoader)
         data = parse_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"invalid YAML: {problem}", file=str(path),
-                          line=mark.line + 1 if mark is not None else None) from None
+        message, line = _yaml_problem(exc)
+        raise RecipeError(message, file=str(path), line=line) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError("a recipe must be a YAML mapping at the top level", file=str(path), line=1)
+        raise RecipeError(f"a recipe must be a YAML mapping (key: value lines) at the top level, got a "
+                          f"{type(data).__name__}", file=str(path), line=1)
     lines: dict[KeyPath, int] = {}
     if node is not None:
-        _collect_lines(node, (), lines)
+        _collect_lines(node, (), lines, str(path))
     return data, lines
 
 
-def _collect_lines(node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath, int]) -> None:
+def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, int | None]:
+    """(message, line) of a YAML error; the message says what was open when it failed and where."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    message = f"invalid YAML: {problem}"
+    if context and context_mark is not None:
+        message += f" ({context} that starts at line {context_mark.line + 1})"
+    return message, mark.line + 1 if mark is not None else None
+
+
+def _collect_lines(node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath, int], file: str = "") -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             path = (*prefix, str(key_node.value))
+            if path in lines:
+                # PyYAML keeps the last of two equal keys silently; a recipe that says two things is a mistake.
+                raise RecipeError(f"duplicate key {key_node.value!r} (first at line {lines[path]})", file=file,
+                                  key=format_key(path), line=key_node.start_mark.line + 1)
             lines[path] = key_node.start_mark.line + 1
-            _collect_lines(value_node, path, lines)
+            _collect_lines(value_node, path, lines, file)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             path = (*prefix, str(index))
             lines[path] = item.start_mark.line + 1
-            _collect_lines(item, path, lines)
+            _collect_lines(item, path, lines, file)
 
 
 def apply_override(recipe: Recipe, item: str) -> None:

@@ -1,7 +1,7 @@
 """A run directory: resolved recipe, per-stage checkpoints, ``metrics.jsonl``, ``results.json``, ``summary.md``.
 
 Every file is written to a temporary name in the same directory and renamed, so a kill never leaves a
-half-written checkpoint or result behind.
+half-written checkpoint or result behind. With several training processes only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from mmcore import distributed
 from mmcore.errors import MMCoreError
 
 
@@ -29,10 +31,22 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable (a power cut after it cannot bring back the old file); not on Windows.
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -57,14 +71,20 @@ def fingerprint(state: dict[str, torch.Tensor]) -> str:
 
 
 class RunDir:
-    """Paths and writers of one run directory."""
+    """Paths and writers of one run directory; the writers write only on rank 0 (``main``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.main = distributed.current().is_main
 
     @classmethod
-    def create(cls, output_dir: Path, name: str, run_name: str | None = None, overwrite: bool = False) -> "RunDir":
-        """A fresh run directory ``output_dir/name/<run_name or timestamp>``."""
+    def create(cls, output_dir: Path, name: str, run_name: str | None = None, overwrite: bool = False) -> RunDir:
+        """A fresh run directory ``output_dir/name/<run_name or timestamp>`` (made by rank 0, its path shared)."""
+        dist = distributed.setup()
+        return cls(dist.on_main(lambda: cls._make(output_dir, name, run_name, overwrite)))
+
+    @staticmethod
+    def _make(output_dir: Path, name: str, run_name: str | None, overwrite: bool) -> Path:
         stamp = run_name or time.strftime("%Y%m%d-%H%M%S")
         path = output_dir / name / stamp
         if path.exists() and any(path.iterdir()) and not overwrite:
@@ -73,13 +93,13 @@ class RunDir:
         if path.exists() and overwrite:
             for child in ("results.json", "metrics.jsonl", "summary.md"):
                 (path / child).unlink(missing_ok=True)
-            for ckpt in path.glob("*/*/checkpoint.pt"):
+            for ckpt in [*path.glob("*/*/checkpoint.pt"), *path.glob("*/*/partial.pt")]:
                 ckpt.unlink()
         path.mkdir(parents=True, exist_ok=True)
-        return cls(path)
+        return path
 
     @classmethod
-    def open(cls, path: Path) -> "RunDir":
+    def open(cls, path: Path) -> RunDir:
         """An existing run directory (for ``--resume``)."""
         if not (path / "recipe.resolved.yaml").is_file():
             raise MMCoreError(f"{path} is not a run directory (no recipe.resolved.yaml)")
@@ -93,8 +113,20 @@ class RunDir:
         """Where a fine-tuned model's checkpoint lives."""
         return self.path / "finetune" / name / "checkpoint.pt"
 
+    @staticmethod
+    def partial_checkpoint(final: Path) -> Path:
+        """Where the latest in-progress checkpoint of the stage or fine-tuning whose final one is ``final`` lives."""
+        return final.with_name("partial.pt")
+
+    def save_checkpoint(self, path: Path, obj: Any) -> None:
+        """Atomically write a checkpoint (rank 0)."""
+        if self.main:
+            atomic_torch_save(path, obj)
+
     def log_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON line to ``metrics.jsonl`` (a torn last line is skipped by :meth:`read_metrics`)."""
+        if not self.main:
+            return
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -111,11 +143,23 @@ class RunDir:
                 continue
         return records
 
+    def drop_metrics(self, scope: str, after_step: int) -> None:
+        """Remove ``scope``'s records past ``after_step`` (and a torn last line) from ``metrics.jsonl``, atomically."""
+        path = self.path / "metrics.jsonl"
+        if not self.main or not path.exists():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        records = self.read_metrics()
+        keep = [r for r in records if r.get("scope") != scope or int(r.get("step", 0)) <= after_step]
+        if len(keep) != len(lines):
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
     def read_results(self) -> dict[str, Any]:
         """``results.json`` as a dict (empty if absent)."""
         path = self.path / "results.json"
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
     def write_results(self, results: dict[str, Any]) -> None:
-        """Atomically replace ``results.json``."""
-        atomic_write_text(self.path / "results.json", json.dumps(results, indent=2, sort_keys=False) + "\n")
+        """Atomically replace ``results.json`` (rank 0)."""
+        if self.main:
+            atomic_write_text(self.path / "results.json", json.dumps(results, indent=2, sort_keys=False) + "\n")

@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
+from mmcore.distributed import batch_size_rule, env_world_size
 from mmcore.errors import MMCoreError, RecipeError, UnknownNameError, did_you_mean
-from mmcore.recipe import KeyPath, Recipe
+from mmcore.recipe import KeyPath, Recipe, format_key
 from mmcore.registry import Registry
 
 TOP_KEYS = {
@@ -22,6 +24,7 @@ TOP_KEYS = {
     "device": "auto | cpu | cuda | cuda:N",
     "output_dir": "parent directory of runs (default runs)",
     "log_every": "log training metrics every N steps",
+    "checkpoint_every": "also checkpoint inside a stage or fine-tuning every N steps (0: only at its end)",
     "eval_batch_size": "batch size for evaluation",
     "backbone": "{name: ..., options}",
     "datasets": "{dataset name: options}",
@@ -29,14 +32,17 @@ TOP_KEYS = {
     "zero_shot": "evaluations of the pre-trained model without fine-tuning",
     "finetune": "downstream fine-tunings, each from the final pre-trained weights",
 }
-STAGE_KEYS = {"name", "init", "data", "tasks", "epochs", "batch_size", "max_steps", "optim", "max_text_len"}
+SCHEDULE_KEYS = {"epochs", "batch_size", "max_steps", "optim", "max_text_len", "grad_accum", "checkpoint_every"}
+STAGE_KEYS = {"name", "init", "data", "tasks", *SCHEDULE_KEYS}
 DATA_KEYS = {"dataset", "view", "split", "weight", "limit"}
-OPTIM_KEYS = {"lr", "weight_decay", "warmup", "clip", "betas", "eps"}
-FINETUNE_KEYS = {"name", "head", "options", "data", "eval_split", "epochs", "batch_size", "max_steps", "optim",
-                 "max_text_len"}
+OPTIM_KEYS = {"lr", "weight_decay", "warmup", "clip", "betas", "eps", "nonfinite"}
+FINETUNE_KEYS = {"name", "head", "options", "data", "eval_split", *SCHEDULE_KEYS}
 ZERO_SHOT_KEYS = {"name", "head", "options", "data", "max_text_len"}
 
-DEFAULT_OPTIM = {"lr": 1.0e-4, "weight_decay": 0.01, "warmup": 0.05, "clip": 1.0, "betas": [0.9, 0.999], "eps": 1.0e-6}
+DEFAULT_OPTIM = {"lr": 1.0e-4, "weight_decay": 0.01, "warmup": 0.05, "clip": 1.0, "betas": [0.9, 0.999], "eps": 1.0e-6,
+                 "nonfinite": "stop"}
+NONFINITE = ("stop", "skip")  # what a step with a non-finite loss does: stop the run, or skip its update
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class RecipeInvalid(MMCoreError):
@@ -52,6 +58,9 @@ class _Checker:
     def __init__(self, recipe: Recipe, registry: Registry):
         self.recipe, self.registry = recipe, registry
         self.errors: list[RecipeError] = []
+        self.declared: list[str] = []
+        self.checkpoint_every: Any = 0  # the recipe-wide default of each stage's and fine-tuning's
+        self.world_size = env_world_size()  # processes that will share each batch (torchrun's WORLD_SIZE)
 
     def fail(self, key: KeyPath, message: str) -> None:
         self.errors.append(self.recipe.error(key, message))
@@ -87,11 +96,37 @@ class _Checker:
             self.fail(key, str(exc))
             return None
 
-    def options(self, given: Any, defaults: dict[str, Any], key: KeyPath, what: str, extra: set[str] = frozenset()) -> dict:
+    def options(self, given: Any, defaults: dict[str, Any], key: KeyPath, what: str, extra: set[str] = frozenset(),
+                typed: bool = True) -> dict:
         given = {} if given is None else given
         if not self.keys(given, set(defaults) | set(extra), key, what):
             return dict(defaults)
+        if typed:
+            for name, value in given.items():
+                if name in defaults:
+                    self.like(value, defaults[name], (*key, str(name)))
         return {**copy.deepcopy(defaults), **given}
+
+    def like(self, value: Any, default: Any, key: KeyPath) -> None:
+        """A plugin option must have its default's type (ints pass for floats; a string for a list)."""
+        if default is None:
+            return
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        elif isinstance(default, (list, tuple)):
+            ok, kind = isinstance(value, (list, str)), "a list"
+        elif isinstance(default, dict):
+            ok, kind = isinstance(value, dict), "a mapping"
+        else:
+            return
+        if not ok:
+            self.fail(key, f"must be {kind} (default {default!r}), got {value!r}")
 
 
 def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
@@ -99,12 +134,15 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     c = _Checker(recipe, registry)
     data = recipe.data
     c.keys(data, TOP_KEYS, (), "the recipe")
+    # Names under the top-level `datasets`, known or not: an unknown one is reported once, not per data entry.
+    c.declared = [str(n) for n in data["datasets"]] if isinstance(data.get("datasets"), dict) else []
     out: dict[str, Any] = {
         "name": str(data.get("name") or recipe.path.stem),
         "seed": data.get("seed", 0),
         "device": data.get("device", "auto"),
         "output_dir": data.get("output_dir", "runs"),
         "log_every": data.get("log_every", 20),
+        "checkpoint_every": data.get("checkpoint_every", 0),
         "eval_batch_size": data.get("eval_batch_size", 256),
         "plugins": [str(p) for p in (data.get("plugins") or [])],
     }
@@ -112,7 +150,12 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
         out["description"] = data["description"]
     c.number(out["seed"], ("seed",), integer=True, minimum=0)
     c.number(out["log_every"], ("log_every",), integer=True, minimum=1)
+    c.number(out["checkpoint_every"], ("checkpoint_every",), integer=True, minimum=0)
+    every = out["checkpoint_every"]
+    c.checkpoint_every = every if isinstance(every, int) and not isinstance(every, bool) and every >= 0 else 0
     c.number(out["eval_batch_size"], ("eval_batch_size",), integer=True, minimum=1)
+    if not isinstance(out["device"], str) or not DEVICE.match(out["device"]):
+        c.fail(("device",), f"device must be auto, cpu, cuda, cuda:N or mps, got {out['device']!r}")
     out["backbone"] = _backbone(c, data.get("backbone"))
     out["datasets"] = _datasets(c, data.get("datasets") or {})
     stages = data.get("stages") or []
@@ -120,7 +163,7 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
         c.fail(("stages",), "stages must be a list")
         stages = []
     out["stages"] = [_stage(c, s, i, out["datasets"]) for i, s in enumerate(stages)]
-    _unique_names(c, out["stages"], "stages")
+    _unique_names(c, out["stages"], "stage")
     out["zero_shot"] = _downstream(c, data.get("zero_shot") or [], "zero_shot", ZERO_SHOT_KEYS, out["datasets"])
     out["finetune"] = _downstream(c, data.get("finetune") or [], "finetune", FINETUNE_KEYS, out["datasets"])
     _unique_names(c, out["zero_shot"] + out["finetune"], "downstream")
@@ -162,10 +205,12 @@ def _data(c: _Checker, spec: Any, key: KeyPath, datasets: dict[str, dict], split
             if item is None:
                 c.fail(ikey, "data is required: {dataset: NAME, view: VIEW}")
             continue
-        name = item.get("dataset") or (next(iter(datasets)) if len(datasets) == 1 else None)
+        name = item.get("dataset") or (c.declared[0] if len(c.declared) == 1 else None)
         if name is None:
             c.fail(ikey, "data needs 'dataset' (or exactly one entry under the top-level 'datasets')")
             continue
+        if "dataset" not in item and name not in datasets:
+            continue  # the implied dataset is unknown: already reported under `datasets`
         entry = c.entry("dataset", name, (*ikey, "dataset"))
         view = item.get("view")
         if entry is not None and view not in entry.provides:
@@ -195,12 +240,22 @@ def _provided(c: _Checker, data: list[dict[str, Any]]) -> frozenset[str] | None:
 
 
 def _optim(c: _Checker, spec: Any, key: KeyPath, defaults: dict[str, Any]) -> dict[str, Any]:
-    optim = c.options(spec, defaults, key, "optim")
+    optim = c.options(spec, defaults, key, "optim", typed=False)
     c.number(optim["lr"], (*key, "lr"), minimum=0, exclusive=True)
     c.number(optim["weight_decay"], (*key, "weight_decay"), minimum=0)
     c.number(optim["warmup"], (*key, "warmup"), minimum=0, maximum=1)
+    c.number(optim["eps"], (*key, "eps"), minimum=0, exclusive=True)
     if optim["clip"] is not None:
         c.number(optim["clip"], (*key, "clip"), minimum=0, exclusive=True)
+    betas = optim["betas"]
+    if not isinstance(betas, list) or len(betas) != 2:
+        c.fail((*key, "betas"), f"betas must be a list of two numbers, e.g. [0.9, 0.999], got {betas!r}")
+    else:
+        for i, beta in enumerate(betas):
+            c.number(beta, (*key, "betas", str(i)), minimum=0, maximum=0.999999)
+    if optim["nonfinite"] not in NONFINITE:
+        c.fail((*key, "nonfinite"), f"nonfinite must be 'stop' or 'skip' (what a step with a NaN/inf loss does), "
+                                    f"got {optim['nonfinite']!r}")
     return optim
 
 
@@ -209,8 +264,15 @@ def _schedule(c: _Checker, spec: dict[str, Any], key: KeyPath, out: dict[str, An
     out["batch_size"] = spec.get("batch_size", 32)
     out["max_steps"] = spec.get("max_steps")
     out["max_text_len"] = spec.get("max_text_len", 20)
+    out["grad_accum"] = spec.get("grad_accum", 1)
+    out["checkpoint_every"] = spec.get("checkpoint_every", c.checkpoint_every)
     c.number(out["epochs"], (*key, "epochs"), integer=True, minimum=0)
     c.number(out["batch_size"], (*key, "batch_size"), integer=True, minimum=1)
+    c.number(out["grad_accum"], (*key, "grad_accum"), integer=True, minimum=1)
+    c.number(out["checkpoint_every"], (*key, "checkpoint_every"), integer=True, minimum=0)
+    sizes = (out["batch_size"], c.world_size, out["grad_accum"])
+    if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes) and sizes[0] % (sizes[1] * sizes[2]):
+        c.fail((*key, "batch_size"), batch_size_rule(*sizes))
     c.number(out["max_text_len"], (*key, "max_text_len"), integer=True, minimum=3)
     if out["max_steps"] is not None:
         c.number(out["max_steps"], (*key, "max_steps"), integer=True, minimum=1)
@@ -220,14 +282,21 @@ def _stage(c: _Checker, spec: Any, index: int, datasets: dict[str, dict]) -> dic
     key: KeyPath = ("stages", str(index))
     if not c.keys(spec, STAGE_KEYS, key, "a stage"):
         return {"name": f"stage{index}", "tasks": {}, "data": []}
-    out: dict[str, Any] = {"name": str(spec.get("name") or f"stage{index}"), "init": spec.get("init", "previous")}
-    _init(c, out["init"], (*key, "init"))
+    out: dict[str, Any] = {"name": str(spec.get("name") or f"stage{index}"), "_key": key}
+    out["init"] = _init(c, spec.get("init", "previous"), (*key, "init"))
+    if out["init"] not in ("previous", "none", None):
+        file, line = c.recipe.where((*key, "init"))
+        out["_init_where"] = f"{file}{f':{line}' if line else ''}: {format_key((*key, 'init'))}"
     out["data"] = _data(c, spec.get("data"), (*key, "data"), datasets, "train")
     _schedule(c, spec, key, out)
     out["optim"] = _optim(c, spec.get("optim"), (*key, "optim"), DEFAULT_OPTIM)
     tasks = spec.get("tasks")
     out["tasks"] = {}
-    if not isinstance(tasks, dict) or not tasks:
+    if tasks is not None and not isinstance(tasks, dict):
+        c.fail((*key, "tasks"), f"tasks must map task names to their options, e.g. tasks: {{mlm: {{}}, itm: "
+                                f"{{weight: 0.5}}}}, got a {type(tasks).__name__}")
+        return out
+    if not tasks:
         c.fail((*key, "tasks"), "a stage needs at least one task, e.g. tasks: {mlm: {}}")
         return out
     provided = _provided(c, out["data"])
@@ -236,7 +305,7 @@ def _stage(c: _Checker, spec: Any, index: int, datasets: dict[str, dict]) -> dic
         entry = c.entry("task", name, tkey)
         if entry is None:
             continue
-        resolved = c.options(options, {"weight": 1.0, **entry.defaults}, tkey, f"task {name!r} options")
+        resolved = {"weight": 1.0, **c.options(options, entry.defaults, tkey, f"task {name!r} options", {"weight"})}
         c.number(resolved["weight"], (*tkey, "weight"), minimum=0)
         out["tasks"][name] = resolved
         if provided is not None:
@@ -248,16 +317,30 @@ def _stage(c: _Checker, spec: Any, index: int, datasets: dict[str, dict]) -> dic
     return out
 
 
-def _init(c: _Checker, init: Any, key: KeyPath) -> None:
+def _init(c: _Checker, init: Any, key: KeyPath) -> Any:
+    """``previous``/``none``, or the checkpoint path made absolute (relative to the file that names it)."""
     if init in ("previous", "none", None):
-        return
+        return init
     if not isinstance(init, str):
         c.fail(key, f"init must be 'previous', 'none' or a checkpoint path, got {init!r}")
-        return
-    base = Path(c.recipe.where(key)[0]).parent if not c.recipe.where(key)[0].startswith("--set") else Path.cwd()
-    path = Path(init) if Path(init).is_absolute() else (base / init)
-    if not path.exists() and not Path(init).exists():
-        c.fail(key, f"checkpoint not found: {init}")
+        return init
+    origin = c.recipe.where(key)[0]
+    base = Path(origin).parent if not origin.startswith("--set") else Path.cwd()
+    given = Path(init).expanduser()
+    path = given if given.is_absolute() else base / given
+    if not path.exists() and given.exists():
+        path = given  # relative to the working directory, as before paths were resolved against the recipe
+    if not path.is_file():
+        c.fail(key, f"checkpoint not found: {init} (looked for {path.resolve()})")
+        return init
+    # Imported here so that torch is loaded only when a recipe names a checkpoint.
+    from mmcore.checkpointing import read_backbone_weights
+
+    try:
+        read_backbone_weights(path.resolve())
+    except MMCoreError as exc:
+        c.fail(key, str(exc))
+    return str(path.resolve())
 
 
 def _downstream(c: _Checker, items: Any, section: str, allowed: set[str], datasets: dict) -> list[dict[str, Any]]:
@@ -270,7 +353,8 @@ def _downstream(c: _Checker, items: Any, section: str, allowed: set[str], datase
         if not c.keys(spec, allowed, key, f"a {section} entry"):
             continue
         entry = c.entry("head", spec.get("head"), (*key, "head"))
-        item: dict[str, Any] = {"name": str(spec.get("name") or f"{section}_{spec.get('head')}"), "head": spec.get("head")}
+        item: dict[str, Any] = {"name": str(spec.get("name") or f"{section}_{spec.get('head')}"), "head": spec.get("head"),
+                                "_key": key}
         split = "test" if section == "zero_shot" else "train"
         item["data"] = _data(c, spec.get("data"), (*key, "data"), datasets, split)
         if len(item["data"]) > 1:
@@ -292,11 +376,13 @@ def _downstream(c: _Checker, items: Any, section: str, allowed: set[str], datase
 
 
 def _unique_names(c: _Checker, items: list[dict[str, Any]], what: str) -> None:
-    seen: set[str] = set()
+    seen: dict[str, KeyPath] = {}
     for item in items:
+        key = item.get("_key", (what,))
         if item["name"] in seen:
-            c.fail((what,), f"two {what} entries are named {item['name']!r}; give each a distinct 'name'")
-        seen.add(item["name"])
+            c.fail((*key, "name"), f"{what} name {item['name']!r} is used twice (first by {format_key(seen[item['name']])});"
+                                   " give each a distinct 'name'")
+        seen.setdefault(item["name"], key)
 
 
 def strip_private(resolved: dict[str, Any]) -> dict[str, Any]:

@@ -174,7 +174,7 @@ class FakeITM(nn.Module):
 def test_plugin_registers_both_heads() -> None:
     registry = Registry()
     plugin.mmcore_register_heads(registry)
-    assert registry.names("head") == ["retrieval", "vqa"]
+    assert registry.names("head") == ["gqa", "nlvr2", "retrieval", "vqa"]
     assert "vqa_target" in registry.get("head", "vqa").requires
     assert registry.get("head", "retrieval").defaults["init_from"] == ["itm_hs", "itm"]
     assert any(ep.value == "mmcore_heads.plugin" for ep in entry_points(group="mmcore"))

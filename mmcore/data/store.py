@@ -49,6 +49,10 @@ class FeatureStoreWriter:
         self.path = Path(path)
         self.tmp = temp_path(self.path)
         self.num_images, self.max_boxes, self.feature_dim = int(num_images), int(max_boxes), int(feature_dim)
+        if min(self.num_images, self.max_boxes, self.feature_dim) < 1:
+            raise MMCoreError(f"{self.path}: a feature store needs at least one image, box and feature dimension; "
+                              f"got {self.num_images} images, max_boxes={self.max_boxes}, "
+                              f"feature_dim={self.feature_dim}")
         self._count = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp.unlink(missing_ok=True)
@@ -95,6 +99,11 @@ class FeatureStoreWriter:
             got = np.shape(arrays[name])
             if got != shape:
                 raise MMCoreError(f"{self.path}: dataset {name!r} expects shape {shape} for this batch, got {got}")
+        for name in ("features", "boxes", "obj_conf", "attr_conf") if k else ():
+            rows = np.flatnonzero(~np.isfinite(np.asarray(arrays[name], dtype=np.float32)).reshape(k, -1).all(1))
+            if len(rows):
+                raise MMCoreError(f"{self.path}: {name} of image {image_ids[rows[0]]!r} hold NaN or inf; "
+                                  "nothing saved")
         boxes = np.asarray(boxes, dtype=np.float32)
         if k and (boxes.min() < -_BOX_TOLERANCE or boxes.max() > 1 + _BOX_TOLERANCE):
             raise MMCoreError(f"{self.path}: boxes must be normalised to [0,1] (x1,y1,x2,y2 / (w,h,w,h)); "
@@ -160,17 +169,39 @@ class FeatureStore:
             raise MMCoreError(f"feature store {self.path} does not exist")
         self._handle: h5py.File | None = None
         self._pid = -1
-        with h5py.File(self.path, "r") as f:
-            self.feature_dim, self.max_boxes = self._check(f)
-            self._ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["image_ids"][:]]
-            self._num_boxes = f["num_boxes"][:].astype(np.int64)
-            self._arrays: dict[str, np.ndarray] = {}
-            if in_memory:
-                for name in ("features", "boxes", *_PER_REGION):
-                    self._arrays[name] = f[name][:]
+        self._arrays: dict[str, np.ndarray] = {}
+        try:
+            with h5py.File(self.path, "r") as f:
+                self.feature_dim, self.max_boxes = self._check(f)
+                self._ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["image_ids"][:]]
+                self._num_boxes = f["num_boxes"][:].astype(np.int64)
+                if in_memory:
+                    for name in ("features", "boxes", *_PER_REGION):
+                        self._arrays[name] = f[name][:]
+        except OSError as exc:
+            raise self._unreadable(exc) from None
+        if in_memory:
+            for name in ("features", "boxes", "obj_conf", "attr_conf"):
+                self._check_finite(name, self._arrays[name], 0)
         self._index = {img_id: i for i, img_id in enumerate(self._ids)}
         if len(self._index) != len(self._ids):
             raise MMCoreError(f"{self.path}: dataset 'image_ids' holds duplicate ids")
+
+    def _unreadable(self, exc: OSError) -> MMCoreError:
+        detail = str(exc).split("(")[-1].rstrip(")") if "(" in str(exc) else str(exc)
+        return MMCoreError(f"{self.path}: cannot read the feature store; not an HDF5 file, or it is truncated or "
+                           f"damaged ({detail})")
+
+    def _check_finite(self, name: str, rows: np.ndarray, offset: int) -> None:
+        # A NaN feature turns every loss of its batch into NaN; name the image instead of the training step.
+        step = max(1, (1 << 22) // max(1, rows[0].size if len(rows) else 1))  # ~4M values at a time
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            bad = np.flatnonzero(~np.isfinite(chunk.reshape(len(chunk), -1)).all(1))
+            if len(bad):
+                row = offset + start + int(bad[0])
+                raise MMCoreError(f"{self.path}: dataset {name!r} holds NaN or inf for image {self._ids[row]!r} "
+                                  f"(row {row})")
 
     def _check(self, f: h5py.File) -> tuple[int, int]:
         for key in ("feature_dim", "max_boxes", "format_version"):
@@ -183,7 +214,9 @@ class FeatureStore:
         missing = [name for name in ("image_ids", "num_boxes", "features", "boxes", *_PER_REGION) if name not in f]
         if missing:
             raise MMCoreError(f"{self.path}: missing dataset(s) {', '.join(repr(m) for m in missing)}")
-        n = f["image_ids"].shape[0]
+        n = f["image_ids"].shape[0] if f["image_ids"].ndim else 0
+        if n == 0:
+            raise MMCoreError(f"{self.path}: the feature store holds no images")
         shapes = {"image_ids": (n,), "num_boxes": (n,), "features": (n, boxes, dim), "boxes": (n, boxes, 4),
                   **{name: (n, boxes) for name in _PER_REGION}}
         for name, shape in shapes.items():
@@ -200,7 +233,16 @@ class FeatureStore:
         return self._handle
 
     def _rows(self, name: str, index: int | slice) -> np.ndarray:
-        return self._arrays[name][index] if self.in_memory else self._file()[name][index]
+        if self.in_memory:
+            return self._arrays[name][index]
+        try:
+            rows = self._file()[name][index]
+        except OSError as exc:
+            raise self._unreadable(exc) from None
+        if name in ("features", "boxes", "obj_conf", "attr_conf"):
+            self._check_finite(name, rows[None] if isinstance(index, int) else rows,
+                               index if isinstance(index, int) else index.start or 0)
+        return rows
 
     def ids(self) -> list[str]:
         """Every image id, in file order."""

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
-
-from mmcore.api import Backbone, BackboneOutput, Batch, DataInfo, Example
-from mmcore.registry import Registry
 from mmcore_pretrain import plugin
 from mmcore_pretrain.masking import mask_regions_once
 from mmcore_pretrain.tasks_masked import MLMTask, MOCTask, MRFRTask
 from mmcore_pretrain.tasks_matching import ITMHardSampleTask, ITMTask
 from mmcore_pretrain.tasks_shuffle import IFRSTask
 from mmcore_pretrain.tasks_topic import TITPTask, TITSTask
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from mmcore.api import Backbone, BackboneOutput, Batch, DataInfo, Example
+from mmcore.errors import MMCoreError
+from mmcore.registry import Registry
 
 PAD, CLS, SEP, MASK, UNK = 0, 1, 2, 3, 4
 VOCAB, FEAT, HIDDEN, REGIONS = 60, 8, 16, 12
@@ -102,7 +104,7 @@ def test_plugin_registers_all_eight_tasks() -> None:
     assert orders["itm"] == orders["itm_hs"] == 0
     assert orders["titp"] == orders["tits"] == 10
     assert orders["ifrs"] == 20 and orders["mlm"] == orders["mrfr"] == orders["moc"] == 30
-    assert registry.get("task", "moc").defaults == {"mask_prob": 0.15, "masked_only": True}
+    assert registry.get("task", "moc").defaults == {"mask_prob": 0.15, "masked_only": True, "max_predictions": None}
     assert registry.get("task", "itm_hs").defaults == {"replace_prob": 0.5, "top_m": 100}
 
 
@@ -221,6 +223,40 @@ def test_corruptions_and_static_losses_have_no_data_dependent_ops() -> None:
             assert task.loss(fake_output, fake).shape == ()
 
 
+def test_mlm_gathered_logits_loss_equals_the_full_vocabulary_loss() -> None:
+    """Decoding only the gathered target positions gives the loss and gradients of decoding every position."""
+    backbone = TinyBackbone()
+    batch = make_batch(b=3, t=6, seed=8)
+    labels = torch.full((3, 6), -100)
+    labels[0, 1], labels[0, 4] = 17, 33  # two targets, not adjacent
+    labels[2, 1], labels[2, 2], labels[2, 3] = 5, 59, 21  # row 1 has none
+    batch["mlm_labels"] = labels
+    full_task = MLMTask(INFO, backbone)
+    full_task.zero_grad()
+    output = backbone.encode(batch)
+    # The reference: the decoder on all 18 positions, CE averaged over the 5 labelled ones.
+    logits = full_task.head(output.text.flatten(0, 1), backbone.embed.weight)
+    expected = F.cross_entropy(logits, labels.flatten(), ignore_index=-100)
+    expected.backward()
+    expected_grads = [p.grad.clone() for p in (backbone.embed.weight, *full_task.head.parameters())]
+    for cap in (None, 3, 6):
+        task = MLMTask(INFO, backbone, max_predictions=cap)
+        task.head.load_state_dict(full_task.head.state_dict())
+        backbone.zero_grad()
+        loss = task.loss(backbone.encode(batch), batch)
+        assert torch.allclose(loss, expected, atol=1e-6), cap
+        loss.backward()
+        grads = [p.grad for p in (backbone.embed.weight, *task.head.parameters())]
+        assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(grads, expected_grads)), cap
+
+
+def test_max_predictions_must_be_a_positive_integer() -> None:
+    for cls in (MLMTask, MRFRTask, MOCTask):
+        for bad in (0, -2, 2.5, "8", True):
+            with pytest.raises(MMCoreError, match=f"task {cls.name}: option 'max_predictions'"):
+                cls(INFO, TinyBackbone(), max_predictions=bad)
+
+
 # --- region masking, MRFR, MOC -------------------------------------------------------------------------------
 
 
@@ -295,6 +331,64 @@ def test_moc_confidence_weighted_loss(masked_only: bool) -> None:
     batch["obj_conf"].zero_()
     batch["attr_conf"].zero_()
     assert task.loss(output, batch).item() == 0.0
+
+
+def test_capped_region_masking_keeps_every_selection_in_the_index_block() -> None:
+    batch = make_batch(b=300, real_regions=[REGIONS - (i % 4) for i in range(300)], seed=6)
+    mask_regions_once(batch, gen(0), 0.5, max_per_row=4)
+    selected, index = batch["region_mask"], batch["region_index"]
+    per_row = selected.sum(1)
+    assert index.shape == (300, 4)
+    assert per_row.max().item() == 4 and (per_row < 4).any()
+    assert not (selected & ~batch["visual_mask"].bool()).any()
+    # the first per_row[i] entries of row i are exactly its selected regions, in position order
+    for i in range(0, 300, 7):
+        n = int(per_row[i])
+        assert index[i, :n].tolist() == selected[i].nonzero().flatten().tolist()
+    # uncapped: the same draws as before, and the index spans every region
+    uncapped, twin = make_batch(b=8, seed=1), make_batch(b=8, seed=1)
+    mask_regions_once(uncapped, gen(3), 0.15)
+    mask_regions_once(twin, gen(3), 0.15, max_per_row=REGIONS)
+    assert uncapped["region_index"].shape == (8, REGIONS)
+    assert torch.equal(uncapped["region_mask"], twin["region_mask"])
+    assert torch.equal(uncapped["visual_feats"], twin["visual_feats"])
+
+
+@pytest.mark.parametrize("cls", [MRFRTask, MOCTask])
+def test_capped_region_losses_equal_the_all_region_losses(cls: type) -> None:
+    """With max_predictions the head runs on a [B,K] block of masked regions; loss and gradients are unchanged."""
+    task = cls(INFO, TinyBackbone(), mask_prob=0.4, max_predictions=5)
+    batch = make_batch(b=6, real_regions=[12, 9, 5, 12, 3, 7], seed=9)
+    task.corrupt(batch, gen(2))
+    assert batch["region_index"].shape == (6, 5) and batch["region_mask"].any()
+    vision = random_output(6, batch["input_ids"].shape[1]).vision.requires_grad_()
+    output = random_output(6, batch["input_ids"].shape[1])._replace(vision=vision)
+    gathered = task.loss(output, batch)
+    (grad_gathered,) = torch.autograd.grad(gathered, vision)
+    everywhere = {k: v for k, v in batch.items() if k != "region_index"}  # no index: heads on all O regions
+    full = task.loss(output, everywhere)
+    (grad_full,) = torch.autograd.grad(full, vision)
+    assert torch.allclose(gathered, full, atol=1e-6)
+    assert torch.allclose(grad_gathered, grad_full, atol=1e-6)
+    assert (grad_full.abs().sum(-1) > 0).eq(batch["region_mask"]).all()  # only masked regions get gradient
+
+
+def test_capped_losses_have_no_data_dependent_ops() -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    backbone = TinyBackbone()
+    tasks = [MLMTask(INFO, backbone, max_predictions=4), MRFRTask(INFO, backbone, max_predictions=3),
+             MOCTask(INFO, backbone, max_predictions=3)]
+    batch, output = make_batch(b=6), random_output(6, 10)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = {k: (mode.from_tensor(v) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+        fake_output = BackboneOutput(*(mode.from_tensor(x) for x in output))
+        g = gen(0)
+        for task in tasks:
+            task.corrupt(fake, g)
+        assert fake["region_index"].shape == (6, 3)
+        for task in tasks:
+            assert task.loss(fake_output, fake).shape == ()
 
 
 # --- IFRS ---------------------------------------------------------------------------------------------------

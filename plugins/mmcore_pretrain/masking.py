@@ -65,19 +65,30 @@ def mask_tokens_once(
     batch["input_ids"] = corrupted
 
 
-def mask_regions_once(batch: Batch, generator: torch.Generator, prob: float) -> None:
+def mask_regions_once(
+    batch: Batch, generator: torch.Generator, prob: float, *, max_per_row: int | None = None
+) -> None:
     """LXMERT region masking: select real regions with ``prob``; 80% zeroed, 10% swapped, 10% kept.
 
     A swapped region takes a random real region of another image of the batch (of its own image only when the
-    batch holds a single image). Sets ``region_mask`` [B,O] bool and ``visual_feats_orig``; rewrites
-    ``visual_feats``. The first caller's ``prob`` wins when MRFR and MOC are configured differently.
+    batch holds a single image). Sets ``region_mask`` [B,O] bool, ``visual_feats_orig`` and ``region_index``
+    [B,K] long (each row's selected regions first, in order, then the others; K = ``max_per_row`` capped at O,
+    else O); rewrites ``visual_feats``. With ``max_per_row`` a row keeps at most that many selections, chosen at
+    random, so the first K entries of ``region_index`` hold every selected region: losses gather them into a
+    fixed [B,K] block instead of running their heads on all O regions. The first caller's ``prob`` and
+    ``max_per_row`` win when MRFR and MOC are configured differently.
     """
     if "region_mask" in batch:
         return
     feats: Tensor = batch["visual_feats"]
     real = batch["visual_mask"].bool()
     b, o, _ = feats.shape
-    selected = real & (_rand((b, o), generator) < prob)
+    priority = _rand((b, o), generator)
+    selected = real & (priority < prob)
+    if max_per_row is not None and max_per_row < o:
+        # The selected regions with the smallest priorities survive: a uniform subset, static shapes, no sync.
+        rank = torch.where(selected, priority, 2.0).argsort(dim=1).argsort(dim=1)
+        selected = selected & (rank < max_per_row)
     action = _rand((b, o), generator)
     to_zero = selected & (action < 0.8)
     to_swap = selected & (action >= 0.8) & (action < 0.9)
@@ -101,6 +112,13 @@ def mask_regions_once(batch: Batch, generator: torch.Generator, prob: float) -> 
     batch["visual_feats_orig"] = feats
     batch["visual_feats"] = corrupted
     batch["region_mask"] = selected
+    width = o if max_per_row is None else min(max_per_row, o)
+    batch["region_index"] = selected_first(selected, width)
+
+
+def selected_first(selected: Tensor, width: int) -> Tensor:
+    """[B,width] positions of each row's true entries first (in position order), then the false ones."""
+    return torch.argsort((~selected).to(torch.int8), dim=1, stable=True)[:, :width]
 
 
 def shuffle_triplets_once(batch: Batch, generator: torch.Generator, prob: float) -> None:

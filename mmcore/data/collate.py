@@ -1,14 +1,17 @@
-"""Turn a list of examples into a batch: tokenise texts, stack numeric fields, keep the rest as lists."""
+"""Turn a list of examples into a batch: tokenise texts (each distinct text once), stack numeric fields, keep
+the rest as lists."""
 
 from __future__ import annotations
 
 from numbers import Number
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from mmcore.api import Batch, Example
+from mmcore.data.devicecache import DeviceGather, RowRef, stack_refs
 
 
 def whole_word_positions(word_ids: Sequence[int | None], attention: Sequence[int]) -> list[int]:
@@ -20,25 +23,44 @@ def whole_word_positions(word_ids: Sequence[int | None], attention: Sequence[int
 
 
 class Collator:
-    """Batches examples: ``text`` becomes ``input_ids``/``attention_mask``/``position_ids``; arrays are stacked."""
+    """Batches examples: ``text`` becomes ``input_ids``/``attention_mask``/``position_ids``; arrays are stacked.
+
+    Each distinct text is tokenised once, at its first batch, and its ids reused in every later batch and epoch
+    (the cache lives in this object, so in each data-loader worker process for as long as the worker lives).
+    """
 
     def __init__(self, tokenizer: Any, max_text_len: int = 20) -> None:
         self.tokenizer = tokenizer
         self.max_text_len = max_text_len
+        self._tokens: dict[str, tuple[list[int], list[int]]] = {}  # text -> (ids, positions), unpadded
+        self.pad_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
+        self.pad_left = getattr(tokenizer, "padding_side", "right") == "left"
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """``input_ids``, ``attention_mask`` and ``position_ids`` of ``texts``, padded to the longest."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._tokens]
+        if missing:
+            enc = self.tokenizer(missing, truncation=True, max_length=self.max_text_len)
+            for i, text in enumerate(missing):
+                ids = list(enc["input_ids"][i])
+                self._tokens[text] = (ids, whole_word_positions(enc.word_ids(i), [1] * len(ids)))
+        rows = [self._tokens[t] for t in texts]
+        width = max(len(ids) for ids, _ in rows)
+        out = torch.zeros((3, len(texts), width), dtype=torch.long)
+        out[0].fill_(self.pad_id)
+        for i, (ids, positions) in enumerate(rows):
+            cols = slice(width - len(ids), width) if self.pad_left else slice(0, len(ids))
+            out[0, i, cols] = torch.tensor(ids, dtype=torch.long)
+            out[1, i, cols] = 1
+            out[2, i, cols] = torch.tensor(positions, dtype=torch.long)
+        return {"input_ids": out[0], "attention_mask": out[1], "position_ids": out[2]}
 
     def __call__(self, examples: list[Example]) -> Batch:
         if not examples:
             raise ValueError("cannot collate an empty list of examples")
         batch: Batch = {}
         if "text" in examples[0]:
-            texts = [ex["text"] for ex in examples]
-            enc = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_text_len)
-            batch["input_ids"] = torch.tensor(enc["input_ids"], dtype=torch.long)
-            batch["attention_mask"] = torch.tensor(enc["attention_mask"], dtype=torch.long)
-            batch["position_ids"] = torch.tensor(
-                [whole_word_positions(enc.word_ids(i), enc["attention_mask"][i]) for i in range(len(texts))],
-                dtype=torch.long,
-            )
+            batch.update(self.encode([ex["text"] for ex in examples]))
         for key in examples[0]:
             values = [ex[key] for ex in examples]
             batch[key] = _stack(key, values)
@@ -47,6 +69,8 @@ class Collator:
 
 def _stack(key: str, values: list[Any]) -> Any:
     first = values[0]
+    if isinstance(first, RowRef):
+        return stack_refs(key, values)
     if isinstance(first, np.ndarray):
         try:
             return torch.from_numpy(np.stack(values))
@@ -64,5 +88,13 @@ def _stack(key: str, values: list[Any]) -> Any:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move every tensor of a batch to ``device`` (non-blocking where the source is pinned)."""
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    """Move every tensor of a batch to ``device`` (non-blocking where the source is pinned), and gather the
+    fields of a ``gpu`` feature cache there."""
+    out: Batch = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+        elif isinstance(value, DeviceGather):
+            value = value.resolve(device)
+        out[key] = value
+    return out

@@ -30,10 +30,14 @@ import h5py
 import numpy as np
 
 from mmcore.api import Example
+from mmcore.data.devicecache import DeviceTable, image_refs
 from mmcore.data.fileio import temp_path
 from mmcore.errors import MMCoreError
 
 FORMAT_VERSION = 1
+# Where a store's visual fields live while training: read per example from the file, held in host memory, or
+# held as device tensors and gathered per batch on the device (see mmcore.data.devicecache).
+CACHE_MODES = ("disk", "ram", "gpu")
 _PER_REGION = {"obj_ids": np.int64, "obj_conf": np.float32, "attr_ids": np.int64, "attr_conf": np.float32}
 # Slack for float rounding in converters that divide pixel boxes by the image size.
 _BOX_TOLERANCE = 1e-3
@@ -158,13 +162,20 @@ def write_feature_store(path: str | os.PathLike[str], image_ids: list[str], feat
 class FeatureStore:
     """Reads a feature store; ``image(img_id)`` gives the visual fields of one example.
 
-    With ``in_memory`` every dataset is loaded at once (features stay float16 until an image is read); otherwise
-    the file is opened lazily in each process, so the store can be handed to data-loader workers.
+    ``cache`` (one of :data:`CACHE_MODES`; default from ``in_memory``): ``ram`` loads every dataset at once
+    (features stay float16 until an image is read); ``disk`` opens the file lazily in each process, so the store
+    can be handed to data-loader workers; ``gpu`` loads like ``ram`` and ``image`` returns row references that
+    :func:`mmcore.data.collate.to_device` gathers on the device.
     """
 
-    def __init__(self, path: str | os.PathLike[str], in_memory: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], in_memory: bool = True, cache: str | None = None) -> None:
         self.path = Path(path)
-        self.in_memory = in_memory
+        cache = cache if cache is not None else ("ram" if in_memory else "disk")
+        if cache not in CACHE_MODES:
+            raise MMCoreError(f"{self.path}: features cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+        self.cache = cache
+        self.in_memory = in_memory = cache != "disk"
+        self._table: DeviceTable | None = None
         if not self.path.is_file():
             raise MMCoreError(f"feature store {self.path} does not exist")
         self._handle: h5py.File | None = None
@@ -186,6 +197,8 @@ class FeatureStore:
         self._index = {img_id: i for i, img_id in enumerate(self._ids)}
         if len(self._index) != len(self._ids):
             raise MMCoreError(f"{self.path}: dataset 'image_ids' holds duplicate ids")
+        if cache == "gpu":
+            self._table = DeviceTable(self._arrays, self._num_boxes, str(self.path))
 
     def _unreadable(self, exc: OSError) -> MMCoreError:
         detail = str(exc).split("(")[-1].rstrip(")") if "(" in str(exc) else str(exc)
@@ -260,8 +273,11 @@ class FeatureStore:
         return int(self._num_boxes[self.index(img_id)])
 
     def image(self, img_id: str) -> Example:
-        """The visual fields of one image: fresh float32/int64 arrays of ``max_boxes`` rows and the id."""
+        """The visual fields of one image: fresh float32/int64 arrays of ``max_boxes`` rows and the id (with the
+        ``gpu`` cache: row references, resolved when the batch moves to its device)."""
         i = self.index(img_id)
+        if self._table is not None:
+            return {"img_id": img_id, **image_refs(self._table, i)}
         mask = np.zeros(self.max_boxes, dtype=np.int64)
         mask[: self._num_boxes[i]] = 1
         return {

@@ -38,7 +38,7 @@ import h5py
 from mmcore.api import PAIR_FIELDS, DataInfo, Dataset, ExampleSource
 from mmcore.data import annotations as ann
 from mmcore.data.hardneg import load_hard_negatives
-from mmcore.data.store import FeatureStore
+from mmcore.data.store import CACHE_MODES, FeatureStore
 from mmcore.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, word_token_ids
 from mmcore.errors import MMCoreError
 from mmcore_lxmert_data.stores import StoreUnion
@@ -82,7 +82,8 @@ class LxmertData(Dataset):
         "max_phrases": 4,
         "seed": 0,
         "missing_images": "error",  # or "skip"
-        "in_memory": False,  # real stores are tens of GB: read images from disk
+        "features_cache": "disk",  # disk | ram | gpu; real stores are tens of GB: read images from disk
+        "in_memory": False,  # superseded by features_cache (true still means ram when features_cache is disk)
     }
     views: ClassVar[dict[str, frozenset[str]]] = {
         "token": PAIR_FIELDS,
@@ -103,6 +104,9 @@ class LxmertData(Dataset):
             self.options[key] = [value] if isinstance(value, str) else value
             if not isinstance(self.options[key], list) or not all(isinstance(v, str) for v in self.options[key]):
                 raise MMCoreError(f"dataset 'lxmert': option {key} must be a list of file names, got {value!r}")
+        if self.options["features_cache"] not in CACHE_MODES:
+            raise MMCoreError(f"dataset 'lxmert': option features_cache must be one of {', '.join(CACHE_MODES)}, "
+                              f"got {self.options['features_cache']!r}")
         if self.options["missing_images"] not in ("error", "skip"):
             raise MMCoreError(f"dataset 'lxmert': option missing_images must be 'error' or 'skip', "
                               f"got {self.options['missing_images']!r}")
@@ -223,6 +227,10 @@ class LxmertData(Dataset):
                               + ", ".join(f"{p} {d}" for p, (d, _) in shapes.items()))
         return dims.pop(), max(r for _, r in shapes.values())
 
+    def _cache(self) -> str:
+        cache = self.options["features_cache"]
+        return "ram" if cache == "disk" and self.options["in_memory"] else cache
+
     def stores(self, family: str) -> StoreUnion:
         """The feature stores of a family (``pretrain``, ``vqa``, ``retrieval``) read as one; opened once."""
         key = f"{family}_features"
@@ -230,10 +238,14 @@ class LxmertData(Dataset):
         for name in self.options[key]:
             path = self._existing(key, name, "feature store")
             if path not in self._stores:
-                self._stores[path] = FeatureStore(path, in_memory=bool(self.options["in_memory"]))
+                self._stores[path] = FeatureStore(path, cache=self._cache())
             stores.append(self._stores[path])
         if not stores:
             raise MMCoreError(f"dataset 'lxmert': option {key} lists no feature store")
+        if self._cache() == "gpu" and (len(stores) > 1 or stores[0].max_boxes != self.info().max_regions):
+            # A batch gathers from one device table of max_regions rows per image.
+            raise MMCoreError(f"dataset 'lxmert': features_cache 'gpu' needs option {key} to list one store of "
+                              f"{self.info().max_regions} regions per image; use 'ram' or 'disk'")
         return StoreUnion(stores, self.info().max_regions)
 
     def view(self, name: str, split: str) -> ExampleSource:

@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar
 from mmcore.api import PAIR_FIELDS, SECOND_IMAGE_FIELDS, DataInfo, Dataset, ExampleSource
 from mmcore.data import annotations as ann
 from mmcore.data.hardneg import load_hard_negatives
-from mmcore.data.store import FeatureStore
+from mmcore.data.store import CACHE_MODES, FeatureStore
 from mmcore.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, word_token_ids
 from mmcore.data.views import (GQAView, NLVR2View, PairView, RetrievalView, VQAView, phrase_descriptions,
                                remove_verb_phrases, token_pairs)
@@ -24,7 +24,7 @@ from mmcore_synth.generate import GENERATOR_VERSION, GQA_ANSWERS, generate, imag
 from mmcore_synth.world import VERBS
 
 # Options read when views are built, not when the world is generated: they do not change the cache key.
-_VIEW_OPTIONS = frozenset({"phrases_per_image", "in_memory", "hard_negative_pool"})
+_VIEW_OPTIONS = frozenset({"phrases_per_image", "in_memory", "features_cache", "hard_negative_pool"})
 # Which images the pre-training views' difficult-sample file covers (see ``SynthWorld.defaults``).
 _HARD_NEGATIVE_FILES = {"retrieval": "retrieval_hard_negatives.npz", "train": "hard_negatives.npz"}
 _PRETRAIN_VIEWS = ("token", "phrase", "sentence")
@@ -60,7 +60,8 @@ class SynthWorld(Dataset):
         # pre-training image its top-M nearest images.
         "hard_negative_pool": "retrieval",
         "vocab_size": 1000,
-        "in_memory": True,
+        "features_cache": "ram",  # disk | ram | gpu: where the visual fields live while training
+        "in_memory": True,  # superseded by features_cache (false still means disk when features_cache is ram)
     }
     views: ClassVar[dict[str, frozenset[str]]] = {
         "token": PAIR_FIELDS,
@@ -95,6 +96,9 @@ class SynthWorld(Dataset):
         for key in ("label_accuracy", "attr_accuracy"):
             if not 0.0 <= float(o[key]) <= 1.0:
                 raise MMCoreError(f"dataset 'synthworld': option {key} must lie in [0, 1], got {o[key]}")
+        if o["features_cache"] not in CACHE_MODES:
+            raise MMCoreError(f"dataset 'synthworld': option features_cache must be one of {', '.join(CACHE_MODES)}, "
+                              f"got {o['features_cache']!r}")
         if o["hard_negative_pool"] not in _HARD_NEGATIVE_FILES:
             raise MMCoreError(f"dataset 'synthworld': option hard_negative_pool must be one of "
                               f"{', '.join(_HARD_NEGATIVE_FILES)}, got {o['hard_negative_pool']!r}")
@@ -140,7 +144,10 @@ class SynthWorld(Dataset):
     def store(self) -> FeatureStore:
         """The feature store of every image (loaded once)."""
         if self._store is None:
-            self._store = FeatureStore(self._ready() / "features.h5", in_memory=bool(self.options["in_memory"]))
+            cache = self.options["features_cache"]
+            if cache == "ram" and not self.options["in_memory"]:
+                cache = "disk"
+            self._store = FeatureStore(self._ready() / "features.h5", cache=cache)
         return self._store
 
     # ---- the Dataset contract ------------------------------------------------------------------------------

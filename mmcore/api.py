@@ -167,17 +167,24 @@ class Task(nn.Module):
 
 
 class EvalContext(Protocol):
-    """What the engine gives a head to evaluate: device, batch size, collation and a progress bar."""
+    """What the engine gives a head to evaluate: device, batch size, collation, a progress bar and a scratch folder.
+
+    ``scratch`` is a directory of this evaluation alone (the engine's is ``<run>/eval/<name>/``), kept across an
+    interruption so a head may keep resumable partial work there (the retrieval head its score cache); ``None``
+    when the caller gives none.
+    """
 
     device: torch.device
     batch_size: int
+    scratch: Path | None
 
     def collate(self, examples: list[Example]) -> Batch:
         """Tokenise and stack examples into a batch already on ``device``."""
         ...
 
-    def progress(self, total: int, description: str) -> Callable[[int], None]:
-        """Start a progress bar of ``total`` units; returns ``advance(n)``."""
+    def progress(self, total: int, description: str) -> Callable[..., None]:
+        """Start a progress bar of ``total`` units; returns ``advance(n, info=None)``, which moves it by ``n`` units
+        and, given ``info`` (a short string such as ``"1,200 pairs/s"``), shows it beside the bar."""
         ...
 
     def batches(self, examples: Sequence[Example], description: str) -> Iterator[Batch]:

@@ -20,7 +20,7 @@ from mmcore.errors import MMCoreError, PluginError
 from mmcore.plugins import Plugins, load_plugins
 from mmcore.progress import Reporter
 from mmcore.recipe import Recipe, dump_recipe, load_recipe
-from mmcore.summary import evaluation_rows, rich_table, stage_rows
+from mmcore.summary import evaluation_rows, paper_rows, rich_table, stage_rows
 from mmcore.validate import resolve, strip_private
 
 
@@ -150,6 +150,7 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | Non
     console = _stdout_console()
     console.print(rich_table("pre-training", *stage_rows(results)))
     console.print(rich_table(f"results (%) — {run_dir.path}", *evaluation_rows(results)))
+    console.print(rich_table("as in the paper's Tables 2-3 (%)", *paper_rows(str(resolved["name"]), results)))
 
 
 def _run_many(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | None, run_name: str | None,

@@ -1,7 +1,7 @@
 """``mmcore evaluate TARGET --head H --data DATASET:VIEW[:SPLIT]``: evaluate a run's checkpoint again, on any view.
 
-TARGET is a run directory (its fine-tuning of the head, or with ``--zero-shot`` its final pre-training stage) or a
-checkpoint file (``finetune/<name>/checkpoint.pt`` or ``stages/<name>/checkpoint.pt``; one outside a run
+TARGET is a run directory (its fine-tuning of the head: the selected ``best.pt`` when there is one, else
+``checkpoint.pt``; or with ``--zero-shot`` its final pre-training stage) or a checkpoint file (``finetune/<name>/checkpoint.pt`` or ``stages/<name>/checkpoint.pt``; one outside a run
 directory needs ``--recipe``). The backbone, pre-trained tasks and head are built through the registry by the
 engine's builders, the weights loaded, the view evaluated; the metrics are printed and written as JSON next to
 the checkpoint.
@@ -156,7 +156,8 @@ def locate(target: Path, head: str, recipe: Path | None, name: str | None, zero_
                               "add --zero-shot to evaluate the pre-trained model")
         if len(names) > 1:
             raise MMCoreError(f"{target}: several fine-tunings use head {head!r} ({', '.join(names)}); pick one with --name")
-        path = target / "finetune" / names[0] / "checkpoint.pt"
+        path = target / "finetune" / names[0] / "best.pt"  # the weights the run selected and reported
+        path = path if path.is_file() else path.with_name("checkpoint.pt")
         if not path.is_file():
             raise MMCoreError(f"{target}: fine-tuning {names[0]!r} has no checkpoint ({path}); is the run finished?")
         return Target(path, "finetune", recipe, target, names[0])
@@ -234,22 +235,24 @@ def result_path(found: Target, head: str, dataset: str, view: str, split: str, i
 
 def run_evaluation(plugins: Any, resolved: dict[str, Any], found: Target, head_name: str, options: dict[str, Any],
                    data: tuple[str, str, str], max_text_len: int, reporter: Any, cache_dir: Path | None) -> dict[str, float]:
-    """Build backbone, pre-trained tasks and head as the engine does, load the checkpoint, evaluate the view."""
+    """Build backbone, pre-trained tasks and head with the engine's builders, load the checkpoint, evaluate the view."""
     from mmcore.checkpointing import check_fits, read_checkpoint
-    from mmcore.data.collate import Collator
-    from mmcore.engine import Engine, EvalContext
+    from mmcore.engine import Engine
 
     engine = Engine(resolved, plugins, RunDir(found.run or found.checkpoint.parent), reporter, cache_dir)
-    sizing = engine.dataset(sizing_dataset(resolved, data[0]))
+    try:
+        sizing = engine.primary_dataset()
+    except MMCoreError:  # a recipe without data: the evaluated dataset sizes the model
+        sizing = engine.dataset(data[0])
     engine.info, engine.tokenizer = sizing.info(), sizing.tokenizer()
     ckpt = read_checkpoint(found.checkpoint)
     torch.manual_seed(int(resolved["seed"]))
     backbone = engine.build_backbone()
     check_fits(ckpt["backbone"], backbone, "mmcore evaluate", str(found.checkpoint))
     backbone.load_state_dict(ckpt["backbone"])
-    pretrained = pretrained_tasks(engine, resolved, found, ckpt) if found.kind == "zero_shot" else {}
-    head = plugins.registry.get("head", head_name).factory(engine.info, backbone.hidden_size, pretrained, **options)
-    head = head.to(engine.device)
+    state = {"backbone": ckpt["backbone"], "tasks": stage_task_states(resolved, found, ckpt), "stage": None}
+    pretrained = engine.pretrained_tasks(state) if found.kind == "zero_shot" else {}
+    head = engine.build_head({"head": head_name, "options": options}, pretrained, backbone.hidden_size)
     if found.kind == "finetune":
         try:
             head.load_state_dict(ckpt["head"])
@@ -260,27 +263,17 @@ def run_evaluation(plugins: Any, resolved: dict[str, Any], found: Target, head_n
         raise MMCoreError(f"head {head_name!r} needs a fine-tuned checkpoint (finetune/<name>/checkpoint.pt); "
                           f"{found.checkpoint} is a pre-training stage checkpoint with no pre-trained task it can "
                           "start from")
-    view = engine.dataset(data[0]).view(data[1], data[2])
-    backbone.eval()
-    head.eval()
-    with EvalContext(Collator(engine.tokenizer, max_text_len), engine.device, int(resolved["eval_batch_size"]),
-                     reporter) as ctx, torch.no_grad():
-        metrics = head.evaluate(backbone, view, ctx)
-    return {k: float(v) for k, v in metrics.items()}
+    item = {"data": [{"dataset": data[0], "view": data[1], "split": data[2]}], "max_text_len": max_text_len}
+    return engine.evaluate(head, backbone, item, data[2])
 
 
-def sizing_dataset(resolved: dict[str, Any], fallback: str) -> str:
-    """The dataset that sized the run's backbone and tokenizer: the first one the recipe uses."""
-    for section in ("stages", "finetune", "zero_shot"):
-        for item in resolved[section]:
-            if item["data"]:
-                return str(item["data"][0]["dataset"])
-    return fallback
+def stage_task_states(resolved: dict[str, Any], found: Target, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The trained task weights as the engine has them after the checkpoint's stage: every earlier stage's tasks
+    of the run, overlaid by later ones (none for a fine-tuning checkpoint)."""
+    if found.kind != "zero_shot":
+        return {}
+    from mmcore.checkpointing import read_checkpoint
 
-
-def pretrained_tasks(engine: Any, resolved: dict[str, Any], found: Target, ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The trained task modules as the engine has them after the checkpoint's stage: every earlier stage's
-    tasks of the run, overlaid by later ones; each built with the options of the last stage that trains it."""
     states: dict[str, Any] = {}
     if found.run is not None:
         for stage in resolved["stages"]:
@@ -288,13 +281,5 @@ def pretrained_tasks(engine: Any, resolved: dict[str, Any], found: Target, ckpt:
             if path.resolve() == found.checkpoint.resolve():
                 break
             if path.is_file():
-                from mmcore.checkpointing import read_checkpoint
-
                 states.update(read_checkpoint(path).get("tasks", {}))
-    states.update(ckpt.get("tasks", {}))
-    last = {name: opts for stage in resolved["stages"] for name, opts in stage["tasks"].items()}
-    # A backbone of their own, as the engine does: tasks may tie weights to it (the MLM decoder).
-    tasks = engine.build_tasks({"tasks": {name: last.get(name, {}) for name in states}}, engine.build_backbone())
-    for name, task in tasks.items():
-        task.load_state_dict(states[name])
-    return tasks
+    return {**states, **ckpt.get("tasks", {})}

@@ -22,13 +22,13 @@ from mmcore.checkpointing import (
 )
 from mmcore.data.collate import Collator, to_device
 from mmcore.errors import MMCoreError
+from mmcore.finetuning import finetune
 from mmcore.plugins import Plugins
 from mmcore.progress import Reporter
 from mmcore.rundir import RunDir, fingerprint
 from mmcore.summary import write_summary
 from mmcore.training import (
     EpochSampler,
-    LoopResult,
     MixedExamples,
     PrepareCollate,
     train_loop,
@@ -57,8 +57,12 @@ class EvalContext:
     before reaching the total.
     """
 
-    def __init__(self, collator: Collator, device: torch.device, batch_size: int, reporter: Reporter) -> None:
+    def __init__(self, collator: Collator, device: torch.device, batch_size: int, reporter: Reporter,
+                 scratch: Path | None = None) -> None:
         self.collator, self.device, self.batch_size, self.reporter = collator, device, batch_size, reporter
+        self.scratch = scratch
+        if scratch is not None:
+            scratch.mkdir(parents=True, exist_ok=True)
         self._open_bars = ExitStack()
 
     def __enter__(self) -> EvalContext:
@@ -71,8 +75,8 @@ class EvalContext:
         """Tokenise and stack ``examples`` into a device batch."""
         return to_device(self.collator(examples), self.device)
 
-    def progress(self, total: int, description: str) -> Callable[[int], None]:
-        """Start a progress bar of ``total`` units; returns ``advance(n)``."""
+    def progress(self, total: int, description: str) -> Callable[..., None]:
+        """Start a progress bar of ``total`` units; returns ``advance(n, info=None)``."""
         return self._open_bars.enter_context(self.reporter.bar(description, total)).advance
 
     def batches(self, examples: Sequence[Example], description: str) -> Iterator[Batch]:
@@ -112,14 +116,16 @@ class Engine:
             self._datasets[name] = dataset
         return self._datasets[name]
 
-    def _primary_dataset(self) -> Dataset:
+    def primary_dataset(self) -> Dataset:
+        """The first dataset the recipe uses: it sizes the backbone and gives the tokenizer."""
         for section in ("stages", "finetune", "zero_shot"):
             for item in self.recipe[section]:
                 if item["data"]:
                     return self.dataset(item["data"][0]["dataset"])
         raise MMCoreError("the recipe uses no data: add a stage, zero_shot or finetune entry")
 
-    def _views(self, data: list[dict[str, Any]], split: str | None = None) -> tuple[list[ExampleSource], MixedExamples]:
+    def views(self, data: list[dict[str, Any]], split: str | None = None) -> tuple[list[ExampleSource], MixedExamples]:
+        """The views of a recipe entry's ``data`` (in ``split``, else each one's own) and their mixture."""
         views = [self.dataset(d["dataset"]).view(d["view"], split or d["split"]) for d in data]
         return views, MixedExamples(views, [d.get("limit") for d in data])
 
@@ -142,15 +148,15 @@ class Engine:
     def execute(self) -> dict[str, Any]:
         """Run every stage, zero-shot evaluation and fine-tuning not already complete; return all results."""
         start = time.perf_counter()
-        self.info = self._primary_dataset().info()
-        self.tokenizer = self._primary_dataset().tokenizer()
+        self.info = self.primary_dataset().info()
+        self.tokenizer = self.primary_dataset().tokenizer()
         self._check_init_checkpoints()
         if self.dist.enabled:  # every process prepares now: rank 0 alone evaluates, and must not wait for the others
             for item in [*self.recipe["zero_shot"], *self.recipe["finetune"]]:
                 for data in item["data"]:
                     self.dataset(data["dataset"])
         state = self._pretrain()
-        pretrained = self._pretrained_tasks(state)
+        pretrained = self.pretrained_tasks(state)
         for item in self.recipe["zero_shot"]:
             if item["name"] in self.results:
                 self.reporter.message(f"[dim]zero-shot {item['name']}: done, skipped[/dim]")
@@ -160,7 +166,7 @@ class Engine:
             if item["name"] in self.results:
                 self.reporter.message(f"[dim]fine-tuning {item['name']}: done, skipped[/dim]")
                 continue
-            self._record(item["name"], self._finetune(item, state, pretrained))
+            self._record(item["name"], finetune(self, item, state, pretrained))
         self.results.setdefault("_run", {})["seconds_this_session"] = round(time.perf_counter() - start, 1)
         self.run.write_results(self.results)
         if self.run.main:
@@ -252,7 +258,7 @@ class Engine:
             return {"stage": name, "index": index, "init": init, "backbone": cpu_state(backbone),
                     "tasks": {task_name: cpu_state(t) for task_name, t in tasks.items()}, "mmcore_format": 2}
 
-        _, data = self._views(stage["data"])
+        _, data = self.views(stage["data"])
         prepare = [_as_list(task.prepare) for task in tasks.values()]
         collate = PrepareCollate(prepare, Collator(self.tokenizer, stage["max_text_len"]), self.dist.seed(self.seed + index))
         sampler = EpochSampler(data, [d["weight"] for d in stage["data"]], self.seed + index)
@@ -261,8 +267,8 @@ class Engine:
             step_fn=step, modules=[backbone, *tasks.values()], data=data, sampler=sampler, collate=collate,
             batch_size=stage["batch_size"], epochs=stage["epochs"], max_steps=stage["max_steps"], optim=stage["optim"],
             device=self.device, reporter=self.reporter, log_every=self.recipe["log_every"],
-            log=lambda s, e, m: self._log(name, s, e, m), generators={"corrupt": generator},
-            **self._checkpointing(stage, files, partial, saved),
+            log=lambda s, e, m: self.log(name, s, e, m), generators={"corrupt": generator},
+            **self.checkpointing(stage, files, partial, saved),
         )
         final = saved()
         metrics = {"steps": result.steps, "samples": result.samples, "seconds": round(result.seconds, 1),
@@ -278,8 +284,8 @@ class Engine:
     def _files(self, final: Path, scope: str, what: str) -> CheckpointFiles:
         return CheckpointFiles(self.run, final, scope, what)
 
-    def _checkpointing(self, item: dict[str, Any], files: CheckpointFiles, partial: dict[str, Any] | None,
-                       saved: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def checkpointing(self, item: dict[str, Any], files: CheckpointFiles, partial: dict[str, Any] | None,
+                      saved: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """train_loop's arguments for accumulation, checkpoints inside a stage or fine-tuning, and resuming one."""
         def checkpoint(training: dict[str, Any]) -> None:
             if self.run.main:  # the others would copy their weights only to drop them
@@ -289,13 +295,22 @@ class Engine:
         return {"grad_accum": item["grad_accum"], "checkpoint_every": item["checkpoint_every"],
                 "checkpoint": checkpoint, "resume": resume, "dist": self.dist}
 
-    def _log(self, scope: str, step: int, epoch: int, metrics: dict[str, float]) -> None:
-        record = {"scope": scope, "step": step, "epoch": epoch, **{k: round(v, 6) for k, v in metrics.items()}}
+    def log(self, scope: str, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        """Log a training step's metrics (rounded) to ``metrics.jsonl`` and the ``mmcore_log`` hook."""
+        self.log_record({"scope": scope, "step": step, "epoch": epoch, **{k: round(v, 6) for k, v in metrics.items()}})
+
+    def log_record(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to ``metrics.jsonl`` and pass it to the ``mmcore_log`` hook."""
+        step = int(record["step"])
         self.run.log_metrics(record)
         if self.dist.is_main:  # the record is already reduced over processes
             self.plugins.hook.mmcore_log(run=self, step=step, metrics=record)
 
-    def _pretrained_tasks(self, state: dict[str, Any]) -> dict[str, Task]:
+    def scratch(self, name: str) -> Path:
+        """The folder of evaluation ``name`` for work that survives an interruption: ``<run>/eval/<name>/``."""
+        return self.run.path / "eval" / name
+
+    def pretrained_tasks(self, state: dict[str, Any]) -> dict[str, Task]:
         """Task modules rebuilt with the final trained weights of each task name (for zero-shot heads)."""
         if state["backbone"] is None:
             return {}
@@ -307,85 +322,41 @@ class Engine:
             task.load_state_dict(state["tasks"][name])
         return tasks
 
-    def _pretrained_backbone(self, state: dict[str, Any]) -> Backbone:
+    def pretrained_backbone(self, state: dict[str, Any]) -> Backbone:
+        """A backbone with the pre-trained weights of ``state`` (freshly initialised, seeded, when there are none)."""
         torch.manual_seed(self.seed)
         backbone = self.build_backbone()
         if state["backbone"] is not None:
             backbone.load_state_dict(state["backbone"])
         return backbone
 
-    def _build_head(self, item: dict[str, Any], pretrained: dict[str, Task], hidden: int) -> Head:
+    def build_head(self, item: dict[str, Any], pretrained: dict[str, Task], hidden: int) -> Head:
+        """The head of a zero-shot or fine-tuning entry, with its options, on the run's device."""
         entry = self.registry.get("head", item["head"])
         return entry.factory(self.info, hidden, pretrained, **item.get("options", {})).to(self.device)
 
-    def _evaluate(self, head: Head, backbone: Backbone, item: dict[str, Any], split: str) -> dict[str, float]:
-        views, _ = self._views(item["data"], split)
+    def evaluate(self, head: Head, backbone: Backbone, item: dict[str, Any], split: str,
+                 scratch: Path | None = None) -> dict[str, float]:
+        """The head's metrics on ``split`` of the entry's view, in eval mode without gradients (``scratch``: the
+        evaluation's folder for resumable work)."""
+        views, _ = self.views(item["data"], split)
         backbone.eval()
         head.eval()
         with EvalContext(Collator(self.tokenizer, item["max_text_len"]), self.device,
-                         self.recipe["eval_batch_size"], self.reporter) as ctx, torch.no_grad():
+                         self.recipe["eval_batch_size"], self.reporter, scratch) as ctx, torch.no_grad():
             metrics = head.evaluate(backbone, views[0], ctx)
         return {k: float(v) for k, v in metrics.items()}
 
     def _zero_shot(self, item: dict[str, Any], state: dict[str, Any], pretrained: dict[str, Task]) -> dict[str, Any]:
-        backbone = self._pretrained_backbone(state)
-        head = self._build_head(item, pretrained, backbone.hidden_size)
+        backbone = self.pretrained_backbone(state)
+        head = self.build_head(item, pretrained, backbone.hidden_size)
         split = item["data"][0]["split"]
         base = {"kind": "zero_shot", "head": item["head"], "split": split}
         if not head.zero_shot_ready:
             self.reporter.message(f"[yellow]zero-shot {item['name']}: skipped (no pre-trained head to start from)[/yellow]")
             return {**base, "skipped": "no pre-trained head for zero-shot (e.g. no ITM task was trained)"}
-        metrics = self.dist.on_main(lambda: self._evaluate(head, backbone, item, split))  # rank 0 evaluates
+        metrics = self.dist.on_main(lambda: self.evaluate(head, backbone, item, split, self.scratch(item["name"])))  # rank 0 evaluates
         return {**base, "metrics": metrics}
-
-    def _finetune(self, item: dict[str, Any], state: dict[str, Any], pretrained: dict[str, Task]) -> dict[str, Any]:
-        self.plugins.hook.mmcore_stage_start(run=self, stage=item)
-        backbone = self._pretrained_backbone(state)
-        torch.manual_seed(self.seed + 1000)
-        head = self._build_head(item, pretrained, backbone.hidden_size)
-        files = self._files(self.run.finetune_checkpoint(item["name"]), item["name"], f"fine-tuning {item['name']!r}")
-        if files.final.exists():  # trained, but stopped before its evaluation was recorded
-            done = files.read(files.final)
-            backbone.load_state_dict(done["backbone"])
-            head.load_state_dict(done["head"])
-            files.discard_partial()
-            result = LoopResult(int(done["step"]), 0, float(done.get("seconds", 0.0)), {})
-        else:
-            result = self._train_head(item, backbone, head, files)
-
-        def evaluate() -> tuple[dict[str, float], Path | None]:  # rank 0 only; the others receive its result
-            metrics = self._evaluate(head, backbone, item, item["eval_split"])
-            return metrics, head.write_predictions(self.run.finetune_checkpoint(item["name"]).parent)
-
-        metrics, predictions = self.dist.on_main(evaluate)
-        self.plugins.hook.mmcore_stage_end(run=self, stage=item, metrics=metrics)
-        return {"kind": "finetune", "head": item["head"], "split": item["eval_split"], "steps": result.steps,
-                "seconds": round(result.seconds, 1), "metrics": metrics,
-                **({"predictions": Path(os.path.relpath(predictions, self.run.path)).as_posix()} if predictions else {})}
-
-    def _train_head(self, item: dict[str, Any], backbone: Backbone, head: Head, files: CheckpointFiles) -> LoopResult:
-        """Fine-tune ``backbone`` and ``head`` (from the partial checkpoint, if any); write the final checkpoint."""
-        partial = files.begin()
-        if partial is not None:
-            backbone.load_state_dict(partial["backbone"])
-            head.load_state_dict(partial["head"])
-        _, data = self._views(item["data"])
-        collate = PrepareCollate([head.prepare], Collator(self.tokenizer, item["max_text_len"]),
-                                 self.dist.seed(self.seed + 1000))
-        sampler = EpochSampler(data, [1.0], self.seed + 1000)
-
-        def saved() -> dict[str, Any]:
-            return {"name": item["name"], "backbone": cpu_state(backbone), "head": cpu_state(head), "mmcore_format": 2}
-
-        result = train_loop(
-            description=f"fine-tune {item['name']}", step_fn=lambda b: (head.loss(backbone, b), {}),
-            modules=[backbone, head], data=data, sampler=sampler, collate=collate, batch_size=item["batch_size"],
-            epochs=item["epochs"], max_steps=item["max_steps"], optim=item["optim"], device=self.device,
-            reporter=self.reporter, log_every=self.recipe["log_every"],
-            log=lambda s, e, m: self._log(item["name"], s, e, m), **self._checkpointing(item, files, partial, saved),
-        )
-        files.save_final({**saved(), "step": result.steps, "seconds": round(result.seconds, 1), "training": result.state})
-        return result
 
 
 def _as_list(prepare: Any):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -15,6 +16,14 @@ METRIC_LABELS = {"accuracy": "Acc", "ir_r1": "IR R@1", "ir_r5": "IR R@5", "ir_r1
                  "tr_r5": "TR R@5", "tr_r10": "TR R@10", "ir_mean": "IR avg", "tr_mean": "TR avg",
                  "tr_first_caption_r1": "TR-1st R@1", "tr_first_caption_r5": "TR-1st R@5",
                  "tr_first_caption_r10": "TR-1st R@10"}
+
+# The paper's Tables 2-3 columns: (label, evaluation kind, head, metric).
+PAPER_COLUMNS: list[tuple[str, str, str, str]] = [
+    ("VQA acc", "finetune", "vqa", "accuracy"), ("GQA acc", "finetune", "gqa", "accuracy"),
+    ("NLVR2 acc", "finetune", "nlvr2", "accuracy"),
+    *((f"{d} R@{k}", "finetune", "retrieval", f"{d.lower()}_r{k}") for d in ("IR", "TR") for k in (1, 5, 10)),
+    *((f"ZS-{d} R@{k}", "zero_shot", "retrieval", f"{d.lower()}_r{k}") for d in ("IR", "TR") for k in (1, 5, 10)),
+]
 
 
 def evaluation_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -36,6 +45,18 @@ def evaluation_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]
             kind += " (skipped)"
         rows.append([name, kind, str(result.get("split", "")), *cells])
     return header, rows
+
+
+def paper_rows(label: str, results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and the one row of a run in the columns of the paper's Tables 2-3 that the run has (metrics in %):
+    VQA, GQA and NLVR2 accuracy, fine-tuned IR/TR R@1/5/10, zero-shot IR/TR R@1/5/10; absent metrics blank."""
+    from mmcore.report import Column, RunInfo  # report builds on this module's tables
+
+    run = RunInfo(path=Path("."), recipe={}, results=results, label=label)
+    values = [(column, run.value(column)) for column in (Column(*spec) for spec in PAPER_COLUMNS)]
+    # A column where the run has that evaluation; a metric it lacks there stays blank.
+    shown = [(c, v) for c, v in values if run.evaluation(c) is not None]
+    return ["run", *(c.label for c, _ in shown)], [[label, *("" if v is None else f"{100 * v:.2f}" for _, v in shown)]]
 
 
 def stage_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -74,5 +95,6 @@ def write_summary(run: RunDir, recipe: dict[str, Any], results: dict[str, Any]) 
     if not recipe["stages"]:
         lines.append("- no pre-training")
     lines += ["", "## Pre-training", "", markdown_table(*stage_rows(results)), "",
+              "## Results (%)", "", markdown_table(*paper_rows(str(recipe["name"]), results)), "",
               "## Evaluations (%)", "", markdown_table(*evaluation_rows(results)), ""]
     atomic_write_text(run.path / "summary.md", "\n".join(lines))

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mmcore.data.store import CACHE_MODES
 from mmcore.distributed import batch_size_rule, env_world_size
 from mmcore.errors import MMCoreError, RecipeError, UnknownNameError, did_you_mean
 from mmcore.recipe import KeyPath, Recipe, format_key
@@ -36,7 +37,9 @@ SCHEDULE_KEYS = {"epochs", "batch_size", "max_steps", "optim", "max_text_len", "
 STAGE_KEYS = {"name", "init", "data", "tasks", *SCHEDULE_KEYS}
 DATA_KEYS = {"dataset", "view", "split", "weight", "limit"}
 OPTIM_KEYS = {"lr", "weight_decay", "warmup", "clip", "betas", "eps", "nonfinite"}
-FINETUNE_KEYS = {"name", "head", "options", "data", "eval_split", *SCHEDULE_KEYS}
+FINETUNE_KEYS = {"name", "head", "options", "data", "eval_split", "select", *SCHEDULE_KEYS}
+# Model selection of a fine-tuning: evaluate on ``split`` after every epoch, keep the best by the head's metric.
+SELECT_DEFAULTS: dict[str, Any] = {"split": "val", "every_epoch": True}
 ZERO_SHOT_KEYS = {"name", "head", "options", "data", "max_text_len"}
 
 DEFAULT_OPTIM = {"lr": 1.0e-4, "weight_decay": 0.01, "warmup": 0.05, "clip": 1.0, "betas": [0.9, 0.999], "eps": 1.0e-6,
@@ -193,6 +196,10 @@ def _datasets(c: _Checker, spec: Any) -> dict[str, dict[str, Any]]:
         entry = c.entry("dataset", name, ("datasets", str(name)))
         if entry is not None:
             out[name] = c.options(options, entry.defaults, ("datasets", str(name)), f"dataset {name!r} options")
+            cache = out[name].get("features_cache")
+            if "features_cache" in entry.defaults and cache not in CACHE_MODES:
+                c.fail(("datasets", str(name), "features_cache"),
+                       f"features_cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
     return out
 
 
@@ -368,6 +375,7 @@ def _downstream(c: _Checker, items: Any, section: str, allowed: set[str], datase
         if section == "finetune":
             _schedule(c, spec, key, item)
             item["eval_split"] = spec.get("eval_split", "test")
+            item["select"] = c.options(spec.get("select"), SELECT_DEFAULTS, (*key, "select"), "select")
             item["optim"] = _optim(c, spec.get("optim"), (*key, "optim"), {**DEFAULT_OPTIM, "lr": 5.0e-5, "warmup": 0.1, "clip": 5.0})
         else:
             item["max_text_len"] = spec.get("max_text_len", 20)

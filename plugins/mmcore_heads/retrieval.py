@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -58,7 +59,8 @@ class RetrievalHead(Head):
         "images": 0,  # evaluate on the first N images of the view and their captions only (0: every image)
         "shortlist": 0,  # cross-encode only each caption's top-K images and each image's top-K captions (0: all)
         "shortlist_by": "labels",  # the first stage: labels (detected object names) | backbone (per modality)
-        "score_cache": "",  # .npz keeping scores + done-mask, so an interrupted evaluation resumes ("": none)
+        # .npz keeping scores + done-mask, so an interrupted evaluation resumes ("": the context's scratch folder, if any)
+        "score_cache": "",
         "checkpoint_every": 200,  # batches between writes of score_cache
         "progress_every": 16,  # batches between progress updates (each waits for the device)
         "bf16": False,  # score under bfloat16 autocast (for CUDA; CPU autocast is rarely faster)
@@ -171,6 +173,9 @@ class RetrievalHead(Head):
         else:
             candidates = np.ones(shape, dtype=bool)
         cache = as_path(self.options["score_cache"])
+        scratch = getattr(ctx, "scratch", None)  # a context from before scratch folders existed has none
+        if cache is None and scratch is not None:  # the engine's folder of this evaluation: resumable by default
+            cache = Path(scratch) / "scores.npz"
         key = cache_key([backbone, self], inputs, image_ids, self.scoring.bf16) if cache is not None else ""
         matrix = ScoreMatrix(shape, cache, key)
         advance = ctx.progress(int(candidates.sum()), "retrieval: scoring caption × image pairs")

@@ -1,0 +1,200 @@
+"""One downstream fine-tuning: train the head with the backbone, select the best epoch on the validation split,
+and evaluate the selected weights on the evaluation split.
+
+After each epoch the fine-tuning is evaluated on its ``select.split`` (default ``val``); the metrics go to
+``metrics.jsonl`` (``split: val``, keys prefixed ``val_``) and, when the head's ``primary_metric`` improves, the
+weights to ``finetune/<name>/best.pt``. The best value and epoch travel in every partial checkpoint, so a resumed
+fine-tuning selects the epoch the uninterrupted one would. Without a selection split the last epoch is reported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from mmcore.api import Backbone, Head, Task
+from mmcore.checkpointing import CheckpointFiles, cpu_state
+from mmcore.data.collate import Collator
+from mmcore.distributed import micro_batch_size
+from mmcore.errors import MMCoreError
+from mmcore.training import EpochSampler, LoopResult, PrepareCollate, train_loop
+
+if TYPE_CHECKING:
+    from mmcore.engine import Engine
+
+BEST = "best.pt"
+
+
+@dataclass
+class Selection:
+    """The best epoch so far on the selection split (``split`` None: none, the last epoch is reported)."""
+
+    metric: str
+    split: str | None
+    best: float | None = None
+    best_epoch: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # every validation metric of the best epoch
+    note: str = ""  # why there is no selection, when there is none
+
+    def offer(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Record an epoch's validation metrics; True when it is the best so far (ties keep the earlier)."""
+        if self.metric not in metrics:
+            raise MMCoreError(f"the head's primary metric {self.metric!r} is not among its metrics "
+                              f"({', '.join(metrics)}); it cannot select a checkpoint")
+        value = float(metrics[self.metric])
+        if self.best is not None and not value > self.best:
+            return False
+        self.best, self.best_epoch, self.metrics = value, epoch, dict(metrics)
+        return True
+
+    def state(self) -> dict[str, Any]:
+        """Plain values for a checkpoint."""
+        return asdict(self)
+
+    def load(self, state: dict[str, Any] | None) -> None:
+        """Continue the selection of a checkpoint (from before selection existed: nothing to continue)."""
+        for key, value in (state or {}).items():
+            setattr(self, key, value)
+
+    def result(self) -> dict[str, Any]:
+        """What results.json records about the selection."""
+        if self.split is None or self.best_epoch is None:
+            return {"selection": {"split": None, "note": self.note or "no validation evaluation: the last epoch"}}
+        return {"best_epoch": self.best_epoch,
+                "selection": {"split": self.split, "metric": self.metric, "value": self.best, "metrics": self.metrics}}
+
+
+def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretrained: dict[str, Task]) -> dict[str, Any]:
+    """Fine-tune ``item`` from the pre-trained ``state`` (continuing a partial run), then evaluate it."""
+    name = item["name"]
+    engine.plugins.hook.mmcore_stage_start(run=engine, stage=item)
+    backbone = engine.pretrained_backbone(state)
+    torch.manual_seed(engine.seed + 1000)
+    head = engine.build_head(item, pretrained, backbone.hidden_size)
+    files = CheckpointFiles(engine.run, engine.run.finetune_checkpoint(name), name, f"fine-tuning {name!r}")
+    split, note = _selection_split(engine, item)
+    selection = Selection(head.primary_metric(), split, note=note)
+    if files.final.exists():  # trained, but stopped before its evaluation was recorded
+        done = files.read(files.final)
+        backbone.load_state_dict(done["backbone"])
+        head.load_state_dict(done["head"])
+        selection.load(done.get("selection"))
+        files.discard_partial()
+        result = LoopResult(int(done["step"]), 0, float(done.get("seconds", 0.0)), {})
+    else:
+        result = _train(engine, item, backbone, head, files, selection)
+    if selection.best_epoch is not None:
+        best = files.read(files.final.parent / BEST)
+        if best.get("epoch") != selection.best_epoch:
+            raise MMCoreError(f"{files.final.parent / BEST} holds epoch {best.get('epoch')}, but the fine-tuning "
+                              f"selected epoch {selection.best_epoch}; delete {files.final.parent} to train it again")
+        backbone.load_state_dict(best["backbone"])
+        head.load_state_dict(best["head"])
+
+    def evaluate() -> tuple[dict[str, float], Path | None]:  # rank 0 only; the others receive its result
+        metrics = engine.evaluate(head, backbone, item, item["eval_split"], engine.scratch(name))
+        return metrics, head.write_predictions(files.final.parent)
+
+    metrics, predictions = engine.dist.on_main(evaluate)
+    engine.plugins.hook.mmcore_stage_end(run=engine, stage=item, metrics=metrics)
+    relative = {"predictions": Path(os.path.relpath(predictions, engine.run.path)).as_posix()} if predictions else {}
+    return {"kind": "finetune", "head": item["head"], "split": item["eval_split"], "steps": result.steps,
+            "seconds": round(result.seconds, 1), "metrics": metrics, **selection.result(), **relative}
+
+
+def _selection_split(engine: Engine, item: dict[str, Any]) -> tuple[str | None, str]:
+    """(the split to select on, or None and why not)."""
+    select = item.get("select") or {"split": "val", "every_epoch": True}
+    if not select["every_epoch"]:
+        return None, "select.every_epoch is off: the last epoch"
+    data = item["data"][0]
+    try:
+        engine.dataset(data["dataset"]).view(data["view"], select["split"])
+    except (MMCoreError, KeyError, ValueError) as exc:
+        return None, f"no {select['split']!r} split of {data['dataset']}/{data['view']} ({exc}): the last epoch"
+    return str(select["split"]), ""
+
+
+def _steps_per_epoch(engine: Engine, item: dict[str, Any], sampler: EpochSampler) -> int:
+    """Optimiser steps in one epoch, as train_loop counts them."""
+    micro = micro_batch_size(item["batch_size"], engine.dist.world_size, item["grad_accum"])
+    sampler.shard(engine.dist.rank, engine.dist.world_size)
+    return math.ceil(math.ceil(sampler.shard_size() / micro) / item["grad_accum"])
+
+
+def _train(engine: Engine, item: dict[str, Any], backbone: Backbone, head: Head, files: CheckpointFiles,
+           selection: Selection) -> LoopResult:
+    """Fine-tune ``backbone`` and ``head`` (from the partial checkpoint, if any), selecting on the way; write the
+    final checkpoint."""
+    name = item["name"]
+    partial = files.begin()
+    if partial is not None:
+        backbone.load_state_dict(partial["backbone"])
+        head.load_state_dict(partial["head"])
+        selection.load(partial.get("selection"))
+    _, data = engine.views(item["data"])
+    collate = PrepareCollate([head.prepare], Collator(engine.tokenizer, item["max_text_len"]),
+                             engine.dist.seed(engine.seed + 1000))
+    sampler = EpochSampler(data, [1.0], engine.seed + 1000)
+    per_epoch = _steps_per_epoch(engine, item, sampler)
+    every = int(item["checkpoint_every"])
+
+    def saved() -> dict[str, Any]:
+        return {"name": name, "backbone": cpu_state(backbone), "head": cpu_state(head),
+                "selection": selection.state(), "mmcore_format": 2}
+
+    def select(step: int, epoch: int) -> None:
+        """Evaluate on the selection split; keep the weights when they are the best so far."""
+        metrics = _quietly(lambda: engine.dist.on_main(
+            lambda: engine.evaluate(head, backbone, item, str(selection.split), engine.scratch(name) / "val")))
+        backbone.train()
+        head.train()
+        engine.log_record({"scope": name, "step": step, "epoch": epoch, "split": selection.split,
+                           **{f"val_{k}": round(v, 6) for k, v in metrics.items()}})
+        if selection.offer(epoch, metrics):
+            engine.run.save_checkpoint(files.final.parent / BEST, {**saved(), "epoch": epoch, "step": step})
+
+    arguments = engine.checkpointing(item, files, partial, saved)
+    if selection.split is not None:
+        # train_loop calls back every checkpoint_every steps only: call it at every epoch's end as well, and
+        # save a partial checkpoint only where the recipe asks for one.
+        save = arguments["checkpoint"]
+
+        def checkpoint(training: dict[str, Any]) -> None:
+            if training["in_epoch"] == per_epoch:
+                select(training["step"], training["epoch"])
+            if every and training["step"] % every == 0:
+                save(training)
+
+        arguments.update(checkpoint=checkpoint, checkpoint_every=math.gcd(every, per_epoch) if every else per_epoch)
+    result = train_loop(
+        description=f"fine-tune {name}", step_fn=lambda b: (head.loss(backbone, b), {}),
+        modules=[backbone, head], data=data, sampler=sampler, collate=collate, batch_size=item["batch_size"],
+        epochs=item["epochs"], max_steps=item["max_steps"], optim=item["optim"], device=engine.device,
+        reporter=engine.reporter, log_every=engine.recipe["log_every"],
+        log=lambda s, e, m: engine.log(name, s, e, m), **arguments,
+    )
+    if selection.split is not None and result.steps and result.state is not None:
+        select(result.steps, int(result.state["epoch"]))  # the last epoch (or the step max_steps stopped at)
+    files.save_final({**saved(), "step": result.steps, "seconds": round(result.seconds, 1), "training": result.state})
+    return result
+
+
+def _quietly(fn: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Run an evaluation inside training without moving any random state the training draws from."""
+    python, numpy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            return fn()
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)

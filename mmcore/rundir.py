@@ -6,6 +6,7 @@ half-written checkpoint or result behind. With several training processes only r
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -21,6 +22,10 @@ from mmcore import distributed
 from mmcore.errors import MMCoreError
 
 
+# A full disk or an exceeded quota: the user's to fix, so a clear message rather than a traceback.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
     """Write ``path`` via ``write(file)`` into a temp file in the same directory, fsync, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,9 +37,12 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            raise MMCoreError(f"no space left on the device while writing {path}; the previous version of that file "
+                              "(if any) is intact. Free some space, then continue with --resume RUN_DIR") from None
         raise
 
 

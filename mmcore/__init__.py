@@ -26,6 +26,20 @@ hookimpl = pluggy.HookimplMarker("mmcore")
 """Decorator for plugin hook implementations (``@mmcore.hookimpl``)."""
 
 __all__ = [
-    "PAIR_FIELDS", "Backbone", "BackboneOutput", "Batch", "DataInfo", "Dataset", "EvalContext", "Example",
-    "ExampleSource", "Head", "MMCoreError", "RecipeError", "Registry", "Task", "hookimpl", "__version__",
+    "PAIR_FIELDS",
+    "Backbone",
+    "BackboneOutput",
+    "Batch",
+    "DataInfo",
+    "Dataset",
+    "EvalContext",
+    "Example",
+    "ExampleSource",
+    "Head",
+    "MMCoreError",
+    "RecipeError",
+    "Registry",
+    "Task",
+    "__version__",
+    "hookimpl",
 ]

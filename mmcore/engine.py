@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import Tensor
@@ -31,6 +31,7 @@ from mmcore.training import (
     EpochSampler,
     MixedExamples,
     PrepareCollate,
+    autocast,
     train_loop,
 )
 
@@ -65,7 +66,7 @@ class EvalContext:
             scratch.mkdir(parents=True, exist_ok=True)
         self._open_bars = ExitStack()
 
-    def __enter__(self) -> EvalContext:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -134,7 +135,10 @@ class Engine:
         """A freshly initialised backbone (seeded) sized for the primary dataset."""
         spec = dict(self.recipe["backbone"])
         entry = self.registry.get("backbone", spec.pop("name"))
-        return entry.factory(spec, self.info).to(self.device)
+        backbone = entry.factory(spec, self.info).to(self.device)
+        if self.recipe.get("compile"):
+            backbone.compile()  # in place: parameter names, checkpoints and hooks stay those of the plain module
+        return backbone
 
     def build_tasks(self, stage: dict[str, Any], backbone: Backbone) -> dict[str, Task]:
         """The stage's tasks, in corruption order."""
@@ -268,6 +272,7 @@ class Engine:
             batch_size=stage["batch_size"], epochs=stage["epochs"], max_steps=stage["max_steps"], optim=stage["optim"],
             device=self.device, reporter=self.reporter, log_every=self.recipe["log_every"],
             log=lambda s, e, m: self.log(name, s, e, m), generators={"corrupt": generator},
+            precision=self.recipe.get("precision", "fp32"),
             **self.checkpointing(stage, files, partial, saved),
         )
         final = saved()
@@ -343,7 +348,8 @@ class Engine:
         backbone.eval()
         head.eval()
         with EvalContext(Collator(self.tokenizer, item["max_text_len"]), self.device,
-                         self.recipe["eval_batch_size"], self.reporter, scratch) as ctx, torch.no_grad():
+                         self.recipe["eval_batch_size"], self.reporter, scratch) as ctx, torch.no_grad(), \
+                autocast(self.device, self.recipe.get("precision", "fp32")):
             metrics = head.evaluate(backbone, views[0], ctx)
         return {k: float(v) for k, v in metrics.items()}
 

@@ -92,6 +92,7 @@ def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretra
     else:
         result = _train(engine, item, backbone, head, files, selection)
     if selection.best_epoch is not None:
+        engine.dist.barrier()  # rank 0 alone writes best.pt: every process reads it only once it is there
         best = files.read(files.final.parent / BEST)
         if best.get("epoch") != selection.best_epoch:
             raise MMCoreError(f"{files.final.parent / BEST} holds epoch {best.get('epoch')}, but the fine-tuning "
@@ -180,7 +181,7 @@ def _train(engine: Engine, item: dict[str, Any], backbone: Backbone, head: Head,
         modules=[backbone, head], data=data, sampler=sampler, collate=collate, batch_size=item["batch_size"],
         epochs=item["epochs"], max_steps=item["max_steps"], optim=item["optim"], device=engine.device,
         reporter=engine.reporter, log_every=engine.recipe["log_every"],
-        log=lambda s, e, m: engine.log(name, s, e, m), **arguments,
+        log=lambda s, e, m: engine.log(name, s, e, m), precision=engine.recipe.get("precision", "fp32"), **arguments,
     )
     if selection.split is not None and result.steps and result.state is not None:
         select(result.steps, int(result.state["epoch"]))  # the last epoch (or the step max_steps stopped at)

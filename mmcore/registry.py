@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from mmcore.errors import PluginError, UnknownNameError
 
@@ -31,7 +32,7 @@ class Registry:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self._origin = "<direct>"
 
-    def scoped(self, origin: str) -> "Registry":
+    def scoped(self, origin: str) -> Registry:
         """A view of this registry that records ``origin`` as the registering plugin."""
         view = object.__new__(Registry)
         view._entries, view._origin = self._entries, origin

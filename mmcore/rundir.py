@@ -21,7 +21,6 @@ import torch
 from mmcore import distributed
 from mmcore.errors import MMCoreError
 
-
 # A full disk or an exceeded quota: the user's to fix, so a clear message rather than a traceback.
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 

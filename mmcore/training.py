@@ -8,7 +8,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +122,11 @@ class LoopResult:
     state: dict[str, Any] | None = None  # the loop's final training state (see :func:`train_loop`)
 
 
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
+    """bf16 autocast on ``device`` when ``precision`` is ``bf16``; a no-op for ``fp32``."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def make_optimizer(params: list[nn.Parameter], optim: dict[str, Any], device: torch.device) -> torch.optim.Optimizer:
     """AdamW with the recipe's settings (fused where torch has the kernel); no weight decay on biases and LayerNorm."""
     decay = [p for p in params if p.ndim >= 2]
@@ -229,6 +234,7 @@ def train_loop(
     resume: dict[str, Any] | None = None,
     generators: dict[str, torch.Generator] | None = None,
     dist: Dist | None = None,
+    precision: str = "fp32",
 ) -> LoopResult:
     """Train ``modules`` on ``data`` for ``epochs`` (or ``max_steps``); losses are logged every ``log_every`` steps.
 
@@ -240,7 +246,8 @@ def train_loop(
     schedule, position (epoch, steps into it), each process's random state (``generators`` too), the partial log
     window. Passing such a state as ``resume`` continues exactly where it was taken; :attr:`LoopResult.state` is
     the final one. Each step takes ``batch_size`` samples: ``grad_accum`` micro-batches on each of ``dist``'s
-    processes, whose gradients DistributedDataParallel averages.
+    processes, whose gradients DistributedDataParallel averages. ``precision`` bf16 runs the forward pass and
+    losses under bf16 autocast (the backward follows autocast's choices; parameters and optimiser stay fp32).
     """
     dist, generators = dist or Dist(), generators or {}
     micro = micro_batch_size(batch_size, dist.world_size, grad_accum, description)
@@ -320,7 +327,8 @@ def train_loop(
                 for index in range(count):
                     batch = to_device(next(batches), device)
                     with forward.no_sync() if index < count - 1 else nullcontext():
-                        loss, parts = forward(batch)
+                        with autocast(device, precision):
+                            loss, parts = forward(batch)
                         (loss if count == 1 else loss / count).backward()
                     outputs.append({"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}})
                     samples += int(batch["input_ids"].shape[0]) if "input_ids" in batch else micro

@@ -27,12 +27,15 @@ TOP_KEYS = {
     "log_every": "log training metrics every N steps",
     "checkpoint_every": "also checkpoint inside a stage or fine-tuning every N steps (0: only at its end)",
     "eval_batch_size": "batch size for evaluation",
+    "precision": "fp32 | bf16 (bf16 autocast for training and evaluation)",
+    "compile": "torch.compile the backbone (true | false)",
     "backbone": "{name: ..., options}",
     "datasets": "{dataset name: options}",
     "stages": "the pre-training curriculum, in order",
     "zero_shot": "evaluations of the pre-trained model without fine-tuning",
     "finetune": "downstream fine-tunings, each from the final pre-trained weights",
 }
+PRECISIONS = ("fp32", "bf16")
 SCHEDULE_KEYS = {"epochs", "batch_size", "max_steps", "optim", "max_text_len", "grad_accum", "checkpoint_every"}
 STAGE_KEYS = {"name", "init", "data", "tasks", *SCHEDULE_KEYS}
 DATA_KEYS = {"dataset", "view", "split", "weight", "limit"}
@@ -147,6 +150,8 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
         "log_every": data.get("log_every", 20),
         "checkpoint_every": data.get("checkpoint_every", 0),
         "eval_batch_size": data.get("eval_batch_size", 256),
+        "precision": data.get("precision", "fp32"),
+        "compile": data.get("compile", False),
         "plugins": [str(p) for p in (data.get("plugins") or [])],
     }
     if "description" in data:
@@ -157,6 +162,10 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     every = out["checkpoint_every"]
     c.checkpoint_every = every if isinstance(every, int) and not isinstance(every, bool) and every >= 0 else 0
     c.number(out["eval_batch_size"], ("eval_batch_size",), integer=True, minimum=1)
+    if out["precision"] not in PRECISIONS:
+        c.fail(("precision",), f"precision must be one of {', '.join(PRECISIONS)}, got {out['precision']!r}")
+    if not isinstance(out["compile"], bool):
+        c.fail(("compile",), f"compile must be true or false, got {out['compile']!r}")
     if not isinstance(out["device"], str) or not DEVICE.match(out["device"]):
         c.fail(("device",), f"device must be auto, cpu, cuda, cuda:N or mps, got {out['device']!r}")
     out["backbone"] = _backbone(c, data.get("backbone"))

@@ -14,6 +14,27 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from mmcore_heads.gqa import GQAHead
+from mmcore_heads.metrics import classification_accuracy, exact_match_accuracy
+from mmcore_heads.nlvr2 import NLVR2Head, stack_images
+from mmcore_heads.predictions import (
+    write_gqa_predictions,
+    write_nlvr2_predictions,
+    write_vqa_predictions,
+)
+from mmcore_heads.vqa import VQAHead
+from mmcore_lxmert import plugin as lxmert_plugin
+from mmcore_synth.dataset import SynthWorld
+from mmcore_synth.language import plural
+from mmcore_synth.reasoning import gqa_questions, nlvr2_statement, references
+from mmcore_synth.world import (
+    COLOURS,
+    MATERIALS,
+    SALIENT,
+    Scene,
+    relation,
+    sample_scene,
+)
 from torch import nn
 from torch.nn import functional as F
 
@@ -23,16 +44,6 @@ from mmcore.data import annotations as ann
 from mmcore.data.collate import Collator
 from mmcore.errors import MMCoreError
 from mmcore.registry import Registry
-from mmcore_heads.gqa import GQAHead
-from mmcore_heads.metrics import classification_accuracy, exact_match_accuracy
-from mmcore_heads.nlvr2 import NLVR2Head, stack_images
-from mmcore_heads.predictions import write_gqa_predictions, write_nlvr2_predictions, write_vqa_predictions
-from mmcore_heads.vqa import VQAHead
-from mmcore_lxmert import plugin as lxmert_plugin
-from mmcore_synth.dataset import SynthWorld
-from mmcore_synth.language import plural
-from mmcore_synth.reasoning import gqa_questions, nlvr2_statement, references
-from mmcore_synth.world import COLOURS, MATERIALS, SALIENT, Scene, relation, sample_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"train_images": 40, "val_images": 8, "test_images": 8, "vqa_train_images": 10, "retrieval_train_images": 8,

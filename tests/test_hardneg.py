@@ -8,8 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmcore.data.hardneg import (load_hard_negatives, load_vilbert_hard_negatives, nearest_images,
-                                 save_hard_negatives)
+from mmcore.data.hardneg import (
+    load_hard_negatives,
+    load_vilbert_hard_negatives,
+    nearest_images,
+    save_hard_negatives,
+)
 from mmcore.errors import MMCoreError
 
 # Five points in the plane; distances worked out by hand:

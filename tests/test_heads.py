@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import entry_points
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from mmcore_heads import plugin
+from mmcore_heads.metrics import vqa_accuracy
+from mmcore_heads.retrieval import RetrievalHead
+from mmcore_heads.vqa import VQAHead
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -16,10 +21,6 @@ from mmcore.api import Backbone, BackboneOutput, Batch, DataInfo, Example
 from mmcore.data.collate import Collator
 from mmcore.errors import MMCoreError
 from mmcore.registry import Registry
-from mmcore_heads import plugin
-from mmcore_heads.metrics import vqa_accuracy
-from mmcore_heads.retrieval import RetrievalHead
-from mmcore_heads.vqa import VQAHead
 
 NUM_IMAGES, REGIONS, HIDDEN = 4, 3, 8
 FEAT = HIDDEN

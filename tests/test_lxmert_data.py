@@ -27,8 +27,14 @@ COCO = [f"COCO_train2014_{n:012d}" for n in (9, 25, 30)]
 COCO_VAL = [f"COCO_val2014_{n:012d}" for n in (42, 73)]
 VG = ["2375429", "2375430"]
 FLICKR = ["1000092795", "10002456", "1000268201"]
+GQA_TESTDEV = ["n161313"]
+NLVR2_IMAGES = {split: [f"{prefix}-{pair}-img{side}" for pair in pairs for side in (0, 1)]
+                for split, prefix, pairs in (("train", "train", ("10171-0", "862-1")), ("valid", "dev", ("850-0",)),
+                                             ("test", "test1", ("0-1", "7-0")))}
 FEATURE_FILES = {"mscoco_imgfeat/train2014_obj36": COCO, "mscoco_imgfeat/val2014_obj36": COCO_VAL,
-                 "vg_gqa_imgfeat/vg_gqa_obj36": VG, "flickr30k_imgfeat/flickr30k_obj36": FLICKR}
+                 "vg_gqa_imgfeat/vg_gqa_obj36": VG, "flickr30k_imgfeat/flickr30k_obj36": FLICKR,
+                 "vg_gqa_imgfeat/gqa_testdev_obj36": GQA_TESTDEV,
+                 **{f"nlvr2_imgfeat/{split}_obj36": ids for split, ids in NLVR2_IMAGES.items()}}
 VG_PHRASES = ["man walking a dog", "red traffic light", "white dog", "man wearing a hat", "green tree",
               "tall tree", "the sky is blue"]
 PRETRAIN = {
@@ -69,6 +75,37 @@ FLICKR_JSON = {
 }
 
 
+GQA_ANSWERS = ["yes", "no", "left", "right", "tree"]
+
+
+def gqa(img_id: str, qid: str, sent: str, answer: str) -> dict:
+    return {"img_id": img_id, "label": {answer: 1.0}, "question_id": qid, "sent": sent}
+
+
+GQA = {
+    "gqa/train.json": [gqa(VG[0], "02930152", "Is the sky dark?", "no"),
+                       gqa(VG[0], "07333408", "What is on the left?", "bus"),  # not in GQA's table
+                       gqa(VG[1], "07333409", "Is the tree tall?", "yes")],
+    "gqa/valid.json": [gqa(VG[1], "15125536", "What is tall?", "tree")],
+    "gqa/testdev.json": [gqa(GQA_TESTDEV[0], "201307251", "Is the dog on the left?", "left")],
+}
+
+
+def nlvr2(identifier: str, label: int, sent: str, uid: str) -> dict:
+    return {"identifier": identifier, "img0": f"{identifier}-img0", "img1": f"{identifier}-img1", "label": label,
+            "sent": sent, "uid": uid}
+
+
+NLVR2 = {
+    "nlvr2/train.json": [nlvr2("train-10171-0", 0, "There are two dogs in total.", "nlvr2_train_0"),
+                         nlvr2("train-862-1", 1, "One image shows a red bus.", "nlvr2_train_1"),
+                         nlvr2("train-862-1", 0, "Both images show a horse.", "nlvr2_train_2")],
+    "nlvr2/valid.json": [nlvr2("dev-850-0", 1, "The left image has a tree.", "nlvr2_dev_0")],
+    "nlvr2/test.json": [nlvr2("test1-0-1", 1, "A man wears a hat.", "nlvr2_test1_0"),
+                        nlvr2("test1-7-0", 0, "There are no dogs.", "nlvr2_test1_1")],
+}
+
+
 def object_ids(img_id: str) -> list[int]:
     k = sum(map(ord, img_id))
     return [(k + r * 3) % len(OBJECTS) for r in range(BOXES)]
@@ -104,15 +141,17 @@ def data_root(tmp_path_factory) -> Path:
                                         np.arange(BOXES) % len(ATTRIBUTES), rng.random(BOXES),
                                         np.tile([0, 0, 320, 240], (BOXES, 1)), rng.random((BOXES, DIM))) for img_id in ids)
         run_cli(["data", "convert-tsv", tsv, root / f"{stem}.h5", "--verify", "--quiet"])
-    for files in (PRETRAIN, VQA, FLICKR_JSON):
+    for files in (PRETRAIN, VQA, FLICKR_JSON, GQA, NLVR2):
         for name, data in files.items():
             write_json(root / name, data)
     write_json(root / "vqa/trainval_ans2label.json", {a: i for i, a in enumerate(ANSWERS)})
+    write_json(root / "gqa/trainval_ans2label.json", {a: i for i, a in enumerate(GQA_ANSWERS)})
     (root / "objects_vocab.txt").write_text("\n".join(OBJECTS) + "\n")
     (root / "attributes_vocab.txt").write_text("\n".join(ATTRIBUTES) + "\n")
     texts = [s for recs in PRETRAIN.values() for r in recs for ss in r["sentf"].values() for s in ss]
     texts += [r["sent"] for recs in VQA.values() for r in recs]
     texts += [s for items in FLICKR_JSON.values() for it in items for s in it["sentences"]]
+    texts += [r["sent"] for files in (GQA, NLVR2) for recs in files.values() for r in recs]
     words = [w for name in OBJECTS + ATTRIBUTES for w in name.split(",")[0].split()]
     build_wordpiece(texts, root, vocab_size=400, required=words)
     stores = [root / f"{stem}.h5" for stem in list(FEATURE_FILES)[:3]]
@@ -182,6 +221,51 @@ def test_sentence_vqa_and_retrieval_views(data_root: Path, tmp_path: Path) -> No
     assert retrieval.images == FLICKR[:2] and len(retrieval.captions) == 10
     assert ds.info().answers["vqa"] == tuple(ANSWERS)
     assert (ds.info().feature_dim, ds.info().max_regions, ds.info().num_objects) == (DIM, BOXES, len(OBJECTS))
+
+
+def test_gqa_and_nlvr2_views(data_root: Path, tmp_path: Path) -> None:
+    ds, messages = dataset(data_root, tmp_path)
+    questions = ds.view("gqa", "train")
+    assert len(questions) == 3 and "lxmert gqa/train: 3 questions about 2 images from train.json" in messages[-1]
+    assert any("gqa/train: skipped 1 answer not in the 5-answer table; 1 question left with no answer" in m
+               for m in messages)
+    first = questions[0]
+    assert first["question_id"] == "02930152" and first["gqa_target"].tolist() == [0, 1.0, 0, 0, 0]
+    assert first["text"] == "Is the sky dark?" and first["visual_feats"].shape == (BOXES, DIM)
+    assert not questions[1]["gqa_target"].any()  # only "bus", which is not in GQA's table
+    assert ds.view("gqa", "test")[0]["gqa_target"].tolist() == [0, 0, 1.0, 0, 0]  # testdev: its own store
+    assert ds.info().answers == {"vqa": tuple(ANSWERS), "gqa": tuple(GQA_ANSWERS)}
+    statements = ds.view("nlvr2", "train")
+    assert "lxmert nlvr2/train: 3 statements (1 true) about 4 images from train.json" in messages[-1]
+    second = statements[1]
+    assert (second["text"], second["nlvr2_label"], second["identifier"]) == ("One image shows a red bus.", 1,
+                                                                             "train-862-1")
+    stores = {split: FeatureStore(data_root / f"nlvr2_imgfeat/{split}_obj36.h5") for split in NLVR2_IMAGES}
+    np.testing.assert_allclose(second["visual_feats"], stores["train"].image("train-862-1-img0")["visual_feats"])
+    np.testing.assert_allclose(second["visual_feats_1"], stores["train"].image("train-862-1-img1")["visual_feats"])
+    assert [s["nlvr2_label"] for s in ds.view("nlvr2", "test")] == [1, 0]
+
+
+def test_gqa_and_nlvr2_bad_records_and_missing_images(data_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    write_json(root / "gqa/valid.json", [*GQA["gqa/valid.json"], {"img_id": VG[0], "label": "yes",
+                                                                  "question_id": "42", "sent": "Why?"}])
+    write_json(root / "nlvr2/valid.json", [*NLVR2["nlvr2/valid.json"], {**NLVR2["nlvr2/valid.json"][0], "label": 2}])
+    lost = nlvr2("dev-999-0", 1, "Nowhere.", "nlvr2_dev_1")
+    write_json(root / "nlvr2/test.json", [*NLVR2["nlvr2/test.json"], lost])
+    ds, messages = dataset(root, tmp_path)
+    with pytest.raises(MMCoreError, match=r"gqa/valid.json: question 1 \(question_id '42'\): 'label' must map"):
+        ds.view("gqa", "val")
+    with pytest.raises(MMCoreError, match=r"nlvr2/valid.json: statement 1 \(identifier 'dev-850-0'\): 'label' must"):
+        ds.view("nlvr2", "val")
+    with pytest.raises(MMCoreError, match=r"test.json: record 2 \(img_id 'dev-999-0-img0'\) is in none"):
+        ds.view("nlvr2", "test")
+    ds, messages = dataset(root, tmp_path, missing_images="skip", nlvr2_features=["nlvr2_imgfeat/test_obj36.h5"])
+    assert len(ds.view("nlvr2", "test")) == 2
+    assert any("nlvr2/test: skipped 1 record whose image" in m for m in messages)
+    with pytest.raises(MMCoreError, match="GQA answer table .*nope.json is missing \\(option gqa_answer_table\\)"):
+        dataset(root, tmp_path, gqa_answer_table="nope.json")[0].view("gqa", "train")
 
 
 def test_missing_image_is_an_error_or_skipped(data_root: Path, tmp_path: Path) -> None:
@@ -311,6 +395,32 @@ def test_curriculum_and_vqa_finetuning_on_lxmert_files(data_root: Path, tmp_path
     assert results["vqa"]["metrics"]["accuracy"] in (0.0, 0.3, 1.0)  # one minival question: yes 1.0, no 0.3
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("itm_hs" in r for r in records if r["scope"] == "sentence")
+
+
+GQA_NLVR2_RECIPE = """\
+name: real_downstream
+seed: 0
+eval_batch_size: 8
+backbone: {name: lxmert_s, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64, x_layers: 2}
+datasets:
+  lxmert: {data_root: ROOT}
+finetune:
+  - {name: gqa, head: gqa, data: {dataset: lxmert, view: gqa}, max_steps: 2, batch_size: 2}
+  - {name: nlvr2, head: nlvr2, data: {dataset: lxmert, view: nlvr2}, max_steps: 2, batch_size: 2}
+"""
+
+
+def test_gqa_and_nlvr2_finetuning_on_lxmert_files(data_root: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "downstream.yaml"
+    recipe.write_text(GQA_NLVR2_RECIPE.replace("ROOT", str(data_root)))
+    output = run_cli(["run", recipe, "--output-dir", tmp_path / "runs", "--run-name", "r",
+                      "--cache-dir", tmp_path / "cache"])
+    assert flat("lxmert gqa/train: 3 questions") in output and flat("gqa/train: skipped 1 answer") in output
+    assert flat("lxmert nlvr2/train: 3 statements (1 true) about 4 images") in output
+    results = json.loads((tmp_path / "runs" / "real_downstream" / "r" / "results.json").read_text())
+    assert results["gqa"]["steps"] == results["nlvr2"]["steps"] == 2
+    assert results["gqa"]["metrics"]["accuracy"] in (0.0, 1.0)  # one testdev question
+    assert results["nlvr2"]["metrics"]["accuracy"] in (0.0, 0.5, 1.0)  # two test statements
 
 
 def test_run_without_vocab_fails_clearly(data_root: Path, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from mmcore_heads.metrics import (
     classification_accuracy,
     classification_hits,

@@ -12,6 +12,7 @@ from mmcore.cli import main
 from mmcore.errors import PluginError
 from mmcore.plugins import load_plugins
 
+
 def test_entry_point_plugin_registers_with_distribution(third_party):
     plugins = load_plugins()
     entry = plugins.registry.get("task", "grounded_count")

@@ -105,10 +105,9 @@ def test_temp_then_rename(tmp_path: Path) -> None:
 def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
     path = tmp_path / "features.h5"
     rng = np.random.default_rng(0)
-    with pytest.raises(RuntimeError):
-        with FeatureStoreWriter(path, 2, O, F) as writer:
-            writer.add("x", **_image(rng, 2))
-            raise RuntimeError("converter crashed")
+    with pytest.raises(RuntimeError), FeatureStoreWriter(path, 2, O, F) as writer:
+        writer.add("x", **_image(rng, 2))
+        raise RuntimeError("converter crashed")
     assert not path.exists() and not (tmp_path / "features.h5.tmp").exists()
     with pytest.raises(MMCoreError, match="1 images written, 2 declared"):
         with FeatureStoreWriter(path, 2, O, F) as writer:

@@ -8,6 +8,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from mmcore_synth import dataset as synth_dataset
+from mmcore_synth.dataset import SynthWorld
+from mmcore_synth.world import VERBS
 
 from mmcore.api import TEXT_FIELDS, ExampleSource
 from mmcore.data.annotations import read_pretrain, read_vqa, vqa_soft_score
@@ -16,9 +19,6 @@ from mmcore.data.hardneg import load_hard_negatives
 from mmcore.data.views import remove_verb_phrases
 from mmcore.errors import MMCoreError
 from mmcore.registry import Registry
-from mmcore_synth import dataset as synth_dataset
-from mmcore_synth.dataset import SynthWorld
-from mmcore_synth.world import VERBS
 
 SMALL = {"train_images": 60, "val_images": 12, "test_images": 12, "vqa_train_images": 20,
          "retrieval_train_images": 15, "feature_dim": 32, "max_regions": 12, "hard_negatives_top": 10}

@@ -3,8 +3,8 @@ the rest as lists."""
 
 from __future__ import annotations
 
-from numbers import Number
 from collections.abc import Sequence
+from numbers import Number
 from typing import Any
 
 import numpy as np

@@ -138,7 +138,7 @@ class FeatureStoreWriter:
         self._file.close()
         self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "FeatureStoreWriter":
+    def __enter__(self) -> FeatureStoreWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -8,7 +8,8 @@ Every view implements :class:`mmcore.api.ExampleSource`. An example is ``{text, 
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -10,7 +10,7 @@ ground-truth caption tied with the best one is still a hit, not a competitor.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mmcore.api import ExampleSource
 from mmcore.data import annotations as ann
 from mmcore.data.views import (
+    GQAView,
+    NLVR2View,
     PairView,
     RetrievalView,
     VQAView,
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from mmcore_lxmert_data.dataset import LxmertData
 
 T = TypeVar("T")
-Entry = tuple[Path, int, str, T]  # (file, record index, img_id, item)
+Entry = tuple[Path, int, str | tuple[str, ...], T]  # (file, record index, img_id or the record's ids, item)
 
 
 def n(count: int, word: str) -> str:
@@ -51,8 +53,10 @@ def build_view(ds: LxmertData, name: str, split: str, family: str) -> tuple[Exam
         return view, (f"{n(len(view), 'description')} of {n(len(view.image_ids()), 'image')} {where}; "
                       f"{counts['kept']:,} of {counts['total']:,} vg phrases kept, {counts['verb']:,} with a verb "
                       f"removed (verb_filter {ds.options['verb_filter']})")
-    if family == "vqa":
-        return vqa_view(ds, files, union, split, where)
+    if family in ("vqa", "gqa"):
+        return answer_view(ds, family, files, union, split, where)
+    if family == "nlvr2":
+        return nlvr2_view(ds, files, union, split, where)
     return retrieval_view(ds, files, union, split, where)
 
 
@@ -61,11 +65,12 @@ def present(ds: LxmertData, entries: list[Entry[T]], union: StoreUnion, what: st
     counted, skipped and reported."""
     kept: list[T] = []
     skipped: Counter[Path] = Counter()
-    for path, index, img_id, item in entries:
-        if img_id in union:
+    for path, index, ids, item in entries:
+        lost = [i for i in ((ids,) if isinstance(ids, str) else ids) if i not in union]
+        if not lost:
             kept.append(item)
         elif ds.options["missing_images"] == "error":
-            raise MMCoreError(f"{path}: record {index} (img_id {img_id!r}) is in none of the feature stores "
+            raise MMCoreError(f"{path}: record {index} (img_id {lost[0]!r}) is in none of the feature stores "
                               f"{union.path}; convert its features with `mmcore data convert-tsv` and list the store, "
                               "or set datasets.lxmert.missing_images=skip")
         else:
@@ -93,21 +98,37 @@ def phrase_pairs(ds: LxmertData, records: list[dict[str, Any]]) -> tuple[list[tu
     return pairs, counts
 
 
-def vqa_view(ds: LxmertData, files: list[Path], union: StoreUnion, split: str,
-             where: str) -> tuple[ExampleSource, str]:
-    """VQA questions over the answer table; answers outside it are counted, dropped and reported."""
-    answers = ds.answers()
+def answer_view(ds: LxmertData, task: str, files: list[Path], union: StoreUnion, split: str,
+                where: str) -> tuple[ExampleSource, str]:
+    """VQA or GQA questions over that task's answer table; answers outside it are counted, dropped and
+    reported."""
+    option = "answer_table" if task == "vqa" else f"{task}_answer_table"
+    answers = ds.answers(task)
     if answers is None:
-        raise MMCoreError(f"dataset 'lxmert': the VQA answer table {ds.path(ds.options['answer_table'])} is "
-                          "missing (option answer_table)")
-    entries = [(path, i, rec["img_id"], rec) for path in files for i, rec in enumerate(ann.read_vqa(path))]
-    records = present(ds, entries, union, f"vqa/{split}")
+        raise MMCoreError(f"dataset 'lxmert': the {task.upper()} answer table {ds.path(ds.options[option])} is "
+                          f"missing (option {option})")
+    read = ann.read_vqa if task == "vqa" else ann.read_gqa
+    entries = [(path, i, rec["img_id"], rec) for path in files for i, rec in enumerate(read(path))]
+    records = present(ds, entries, union, f"{task}/{split}")
     removed, emptied = ann.drop_unknown_answers(records, answers)
     if removed:
-        ds._warn(f"lxmert vqa/{split}: skipped {n(removed, 'answer')} not in the {len(answers):,}-answer table; "
+        ds._warn(f"lxmert {task}/{split}: skipped {n(removed, 'answer')} not in the {len(answers):,}-answer table; "
                  f"{n(emptied, 'question')} left with no answer (target all zero)")
-    view = VQAView(records, answers, union)  # type: ignore[arg-type]
+    view_class = VQAView if task == "vqa" else GQAView
+    view = view_class(records, answers, union)  # type: ignore[arg-type]
     return view, f"{n(len(view), 'question')} about {n(len(view.image_ids()), 'image')} {where}"
+
+
+def nlvr2_view(ds: LxmertData, files: list[Path], union: StoreUnion, split: str,
+               where: str) -> tuple[ExampleSource, str]:
+    """NLVR2 statements; a statement needs both of its images in the family's stores."""
+    entries = [(path, i, (rec["img0"], rec["img1"]), rec) for path in files
+               for i, rec in enumerate(ann.read_nlvr2(path))]
+    records = present(ds, entries, union, f"nlvr2/{split}")
+    view = NLVR2View(records, union)  # type: ignore[arg-type]
+    true = sum(rec["label"] == 1 for rec in records)
+    return view, (f"{n(len(view), 'statement')} ({true:,} true) about {n(len(view.image_ids()), 'image')} "
+                  f"{where}")
 
 
 def retrieval_view(ds: LxmertData, files: list[Path], union: StoreUnion, split: str,

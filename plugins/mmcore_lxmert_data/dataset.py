@@ -12,17 +12,21 @@ Expected layout under ``data_root`` (every file name is an option; the defaults 
       vqa/train.json  vqa/nominival.json (train)    vqa/minival.json (val, and test: test.json has no answers)
       vqa/trainval_ans2label.json    the 3129-answer table
       flickr30k/flickr30k_train2014.json  flickr30k/flickr30k_test2014.json   [{img_path, sentences}]
+      gqa/train.json  gqa/valid.json  gqa/testdev.json   [{img_id, label: {answer: 1.0}, question_id, sent}]
+      gqa/trainval_ans2label.json    GQA's own answer table
+      nlvr2/train.json  nlvr2/valid.json  nlvr2/test.json   [{identifier, img0, img1, label (0/1), sent, uid}]
       mscoco_imgfeat/train2014_obj36.h5   mscoco_imgfeat/val2014_obj36.h5     ← mmcore data convert-tsv
       vg_gqa_imgfeat/vg_gqa_obj36.h5      flickr30k_imgfeat/flickr30k_obj36.h5  (from LXMERT's *.tsv)
+      vg_gqa_imgfeat/gqa_testdev_obj36.h5  nlvr2_imgfeat/{train,valid,test}_obj36.h5
 
 Relative paths are resolved against ``data_root``, itself relative to the working directory. Views (same names
 and fields as ``synthworld``): ``token`` (each image's detector labels in region order, as text), ``phrase``
 (the ``vg`` phrases of an image minus those with a verb, a few joined with commas), ``sentence`` (``mscoco``
-captions), ``vqa`` and ``retrieval``. A view is read, checked and counted the first time a stage uses it.
+captions), ``vqa``, ``gqa``, ``nlvr2`` (a statement about two images) and ``retrieval``. A view is read, checked and counted the first time a stage uses it.
 
 Annotations whose image is in none of the family's stores are an error naming the file and record
 (``missing_images: error``, the default) or, with ``missing_images: skip``, counted and skipped with a warning.
-VQA answers outside the answer table are always counted, dropped and warned about.
+VQA and GQA answers outside their answer table are always counted, dropped and warned about.
 """
 
 from __future__ import annotations
@@ -35,7 +39,13 @@ from typing import Any, ClassVar
 
 import h5py
 
-from mmcore.api import PAIR_FIELDS, DataInfo, Dataset, ExampleSource
+from mmcore.api import (
+    PAIR_FIELDS,
+    SECOND_IMAGE_FIELDS,
+    DataInfo,
+    Dataset,
+    ExampleSource,
+)
 from mmcore.data import annotations as ann
 from mmcore.data.hardneg import load_hard_negatives
 from mmcore.data.store import CACHE_MODES, FeatureStore
@@ -44,14 +54,16 @@ from mmcore.errors import MMCoreError
 from mmcore_lxmert_data.stores import StoreUnion
 from mmcore_lxmert_data.verbs import load_verb_filter
 
-FAMILIES = {"token": "pretrain", "phrase": "pretrain", "sentence": "pretrain", "vqa": "vqa",
-            "retrieval": "retrieval"}
-_FILE_LISTS = [f"{family}_{split}" for family in ("pretrain", "vqa", "retrieval") for split in ("train", "val", "test")]
-_STORE_LISTS = ("pretrain_features", "vqa_features", "retrieval_features")
+FAMILIES = {"token": "pretrain", "phrase": "pretrain", "sentence": "pretrain", "vqa": "vqa", "gqa": "gqa",
+            "nlvr2": "nlvr2", "retrieval": "retrieval"}
+_FAMILY_NAMES = ("pretrain", "vqa", "gqa", "nlvr2", "retrieval")
+_FILE_LISTS = [f"{family}_{split}" for family in _FAMILY_NAMES for split in ("train", "val", "test")]
+_STORE_LISTS = tuple(f"{family}_features" for family in _FAMILY_NAMES)
+_ANSWER_TABLES = {"vqa": "answer_table", "gqa": "gqa_answer_table"}  # DataInfo.answers key -> option
 
 
 class LxmertData(Dataset):
-    """LXMERT's pre-training, VQA and Flickr30k JSON as shipped, over converted TSV features."""
+    """LXMERT's pre-training, VQA, GQA, NLVR2 and Flickr30k JSON as shipped, over converted TSV features."""
 
     name: ClassVar[str] = "lxmert"
     defaults: ClassVar[dict[str, Any]] = {
@@ -67,12 +79,24 @@ class LxmertData(Dataset):
         # LXMERT's vqa/test.json carries no answers (the VQA server scores it): evaluate locally on minival.
         "vqa_test": ["vqa/minival.json"],
         "answer_table": "vqa/trainval_ans2label.json",
+        # LXMERT's own GQA runs train on train + valid and report testdev; list both here to do the same.
+        "gqa_train": ["gqa/train.json"],
+        "gqa_val": ["gqa/valid.json"],
+        "gqa_test": ["gqa/testdev.json"],
+        "gqa_answer_table": "gqa/trainval_ans2label.json",
+        "nlvr2_train": ["nlvr2/train.json"],
+        "nlvr2_val": ["nlvr2/valid.json"],
+        "nlvr2_test": ["nlvr2/test.json"],
         "retrieval_train": ["flickr30k/flickr30k_train2014.json"],
         "retrieval_val": [],
         "retrieval_test": ["flickr30k/flickr30k_test2014.json"],
         "pretrain_features": ["mscoco_imgfeat/train2014_obj36.h5", "mscoco_imgfeat/val2014_obj36.h5",
                               "vg_gqa_imgfeat/vg_gqa_obj36.h5"],
         "vqa_features": ["mscoco_imgfeat/train2014_obj36.h5", "mscoco_imgfeat/val2014_obj36.h5"],
+        # GQA's testdev images are not Visual Genome images: LXMERT ships them in a store of their own.
+        "gqa_features": ["vg_gqa_imgfeat/vg_gqa_obj36.h5", "vg_gqa_imgfeat/gqa_testdev_obj36.h5"],
+        "nlvr2_features": ["nlvr2_imgfeat/train_obj36.h5", "nlvr2_imgfeat/valid_obj36.h5",
+                           "nlvr2_imgfeat/test_obj36.h5"],
         "retrieval_features": ["flickr30k_imgfeat/flickr30k_obj36.h5"],
         "hard_negatives": "",  # .npz from `mmcore data hard-negatives`, for the pre-training train views (ITM_HS)
         "retrieval_hard_negatives": "",  # the same for retrieval fine-tuning
@@ -90,6 +114,8 @@ class LxmertData(Dataset):
         "phrase": PAIR_FIELDS,
         "sentence": PAIR_FIELDS,
         "vqa": PAIR_FIELDS | {"vqa_target", "question_id"},
+        "gqa": PAIR_FIELDS | {"gqa_target", "question_id"},
+        "nlvr2": PAIR_FIELDS | SECOND_IMAGE_FIELDS | {"nlvr2_label", "identifier"},
         "retrieval": PAIR_FIELDS | {"caption_index", "image_index"},
     }
 
@@ -182,9 +208,9 @@ class LxmertData(Dataset):
         return ann.read_vocab_txt(self._existing("attributes_vocab", self.options["attributes_vocab"],
                                                  "detector vocabulary"))
 
-    def answers(self) -> list[str] | None:
-        """The VQA answer table, or None when its file is absent."""
-        path = self.path(self.options["answer_table"])
+    def answers(self, task: str = "vqa") -> list[str] | None:
+        """The answer table of ``vqa`` (option answer_table) or ``gqa`` (gqa_answer_table); None when absent."""
+        path = self.path(self.options[_ANSWER_TABLES[task]])
         return ann.read_answer_file(path) if path.is_file() else None
 
     def info(self) -> DataInfo:
@@ -193,7 +219,7 @@ class LxmertData(Dataset):
             tok = self.tokenizer()
             objects, attributes = self.object_names(), self.attribute_names()
             dim, regions = self._feature_shape()
-            answers = self.answers()
+            tables = {task: self.answers(task) for task in _ANSWER_TABLES}
             self._info = DataInfo(
                 vocab_size=len(tok), feature_dim=dim, max_regions=regions, num_objects=len(objects),
                 num_attributes=len(attributes), pad_token_id=int(tok.pad_token_id),
@@ -201,7 +227,8 @@ class LxmertData(Dataset):
                 mask_token_id=int(tok.mask_token_id), unk_token_id=int(tok.unk_token_id),
                 special_token_ids=tuple(int(tok.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS),
                 object_token_ids=word_token_ids(tok, objects), object_names=tuple(objects),
-                attribute_names=tuple(attributes), answers={"vqa": tuple(answers)} if answers else {},
+                attribute_names=tuple(attributes),
+                answers={task: tuple(table) for task, table in tables.items() if table},
             )
         return self._info
 
@@ -232,7 +259,8 @@ class LxmertData(Dataset):
         return "ram" if cache == "disk" and self.options["in_memory"] else cache
 
     def stores(self, family: str) -> StoreUnion:
-        """The feature stores of a family (``pretrain``, ``vqa``, ``retrieval``) read as one; opened once."""
+        """The feature stores of a family (``pretrain``, ``vqa``, ``gqa``, ``nlvr2``, ``retrieval``) read as one;
+        each file is opened once."""
         key = f"{family}_features"
         stores = []
         for name in self.options[key]:
@@ -269,7 +297,8 @@ class LxmertData(Dataset):
         return load_hard_negatives(self._existing(option, name, "hard-negative file")) if name else None
 
     def files(self, family: str, split: str) -> list[Path]:
-        """The annotation files of a family (pretrain, vqa, retrieval) and split; an error when none is listed."""
+        """The annotation files of a family (pretrain, vqa, gqa, nlvr2, retrieval) and split; an error when none
+        is listed."""
         key = f"{family}_{split}"
         if not self.options[key]:
             raise MMCoreError(f"dataset 'lxmert': no {family} annotation file for split {split!r} (option {key} is "

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import random
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mmcore.api import TEXT_FIELDS, Backbone, BackboneOutput, Batch, DataInfo, Example, ExampleSource, Task
+from mmcore.api import (
+    TEXT_FIELDS,
+    Backbone,
+    BackboneOutput,
+    Batch,
+    DataInfo,
+    Example,
+    ExampleSource,
+    Task,
+    init_bert_,
+)
 
 from .fields import FORWARD_FIELDS
-from mmcore.api import init_bert_
 
 MATCHED, MISMATCHED = 1, 0
 

@@ -8,18 +8,32 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
-from mmcore.api import PAIR_FIELDS, SECOND_IMAGE_FIELDS, DataInfo, Dataset, ExampleSource
+from mmcore.api import (
+    PAIR_FIELDS,
+    SECOND_IMAGE_FIELDS,
+    DataInfo,
+    Dataset,
+    ExampleSource,
+)
 from mmcore.data import annotations as ann
 from mmcore.data.hardneg import load_hard_negatives
 from mmcore.data.store import CACHE_MODES, FeatureStore
 from mmcore.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, word_token_ids
-from mmcore.data.views import (GQAView, NLVR2View, PairView, RetrievalView, VQAView, phrase_descriptions,
-                               remove_verb_phrases, token_pairs)
+from mmcore.data.views import (
+    GQAView,
+    NLVR2View,
+    PairView,
+    RetrievalView,
+    VQAView,
+    phrase_descriptions,
+    remove_verb_phrases,
+    token_pairs,
+)
 from mmcore.errors import MMCoreError
-
 from mmcore_synth.generate import GENERATOR_VERSION, GQA_ANSWERS, generate, image_ids
 from mmcore_synth.world import VERBS
 

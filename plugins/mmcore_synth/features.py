@@ -18,7 +18,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmcore_synth.world import ATTRIBUTES, CATEGORIES, COLOURS, GROUPS, MATERIALS, SIZES, Region, Scene
+from mmcore_synth.world import (
+    ATTRIBUTES,
+    CATEGORIES,
+    COLOURS,
+    GROUPS,
+    MATERIALS,
+    SIZES,
+    Region,
+    Scene,
+)
 
 _HIDDEN = 128
 _NUISANCE_DIMS = 8

@@ -19,15 +19,15 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mmcore.data import annotations as ann
 from mmcore.data.fileio import write_json
 from mmcore.data.hardneg import nearest_images, save_hard_negatives
 from mmcore.data.store import FeatureStore, write_feature_store
 from mmcore.data.tokenizer import build_wordpiece
-
 from mmcore_synth.features import encode_scenes
 from mmcore_synth.language import captions, vg_phrases, vqa_questions
 from mmcore_synth.reasoning import gqa_questions, nlvr2_pairs, nlvr2_statement

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mmcore.data.annotations import vqa_soft_score
-
-from mmcore_synth.world import (COLOURS, MATERIALS, SALIENT, SIZES, Region, Scene, category, object_index,
-                                 relation)
+from mmcore_synth.world import (
+    COLOURS,
+    MATERIALS,
+    SALIENT,
+    SIZES,
+    Region,
+    Scene,
+    category,
+    object_index,
+    relation,
+)
 
 _IRREGULAR = {"man": "men", "woman": "women", "sheep": "sheep", "bus": "buses", "bench": "benches"}
 _COUNT_WORDS = ("no", "one", "two", "three", "four", "five", "six")
@@ -214,7 +223,7 @@ def _questions(scene: Scene, rng: random.Random) -> dict[str, Callable[[], Quest
         name = rng.choice(names) if rng.random() < 0.75 else rng.choice(SALIENT).name
         n = counts.get(name, 0)
         where = rng.choice(("are there", "are in the picture", "can you see"))
-        wrong = lambda: str(max(0, n + rng.choice((-1, 1))))  # noqa: E731 - counting slips by one
+        wrong = lambda: str(max(0, n + rng.choice((-1, 1))))
         return f"how many {plural(name)} {where}?", str(n), "how many", "number", wrong
 
     def exist() -> Question | None:

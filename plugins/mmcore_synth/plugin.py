@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import mmcore
-
 from mmcore_synth.dataset import SynthWorld
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import random
-from functools import lru_cache
-from itertools import accumulate
 from dataclasses import dataclass, field
+from functools import cache
+from itertools import accumulate
 
 COLOURS = ("red", "blue", "green", "yellow", "white", "black", "brown", "gray")
 MATERIALS = ("metal", "wooden", "plastic", "glass", "leather")
@@ -167,7 +167,7 @@ def relation(a: tuple[float, ...], b: tuple[float, ...]) -> str:
     return "above" if dy < 0 else "below"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cum_weights(options: tuple[str, ...], preferred: tuple[str, ...], boost: float) -> tuple[float, ...]:
     return tuple(accumulate(boost if o in preferred else 1.0 for o in options))
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 import mmcore
-from mmcore import Batch, BackboneOutput, Task
+from mmcore import BackboneOutput, Batch, Task
 
 
 class GroundedCount(Task):

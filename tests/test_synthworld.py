@@ -189,10 +189,12 @@ def test_hard_negatives_exclude_self(world: SynthWorld) -> None:
     assert world.view("sentence", "val").hard_negatives(world.view("sentence", "val").image_ids()[0]) == []
 
 
-def test_pretraining_hard_negatives_cover_the_retrieval_images_by_default(world: SynthWorld) -> None:
+def test_hard_negative_pool_retrieval_covers_only_the_retrieval_images(world: SynthWorld) -> None:
     # As ViLBERT's difficult-sample file covers only Flickr30k: retrieval train images have hard negatives
     # (among themselves), every other pre-training image has none, so ITM_HS draws a random one for it.
-    view = world.view("sentence", "train")
+    pool = SynthWorld({**SMALL, "hard_negative_pool": "retrieval"}, world.cache_dir)
+    assert pool.directory == world.directory  # a view option: the generated world is shared
+    view = pool.view("sentence", "train")
     retrieval_images = set(world.view("retrieval", "train").images)
     for img_id in view.image_ids():
         near = view.hard_negatives(img_id)
@@ -202,10 +204,8 @@ def test_pretraining_hard_negatives_cover_the_retrieval_images_by_default(world:
             assert near == []
 
 
-def test_hard_negative_pool_train_covers_every_pretraining_image(world: SynthWorld) -> None:
-    every = SynthWorld({**SMALL, "hard_negative_pool": "train"}, world.cache_dir)
-    assert every.directory == world.directory  # a view option: the generated world is shared
-    view = every.view("sentence", "train")
+def test_hard_negatives_cover_every_pretraining_image_by_default(world: SynthWorld) -> None:
+    view = world.view("sentence", "train")
     for img_id in view.image_ids():
         near = view.hard_negatives(img_id)
         assert len(near) == SMALL["hard_negatives_top"] and img_id not in near and set(near) <= set(view.image_ids())

@@ -68,11 +68,10 @@ class SynthWorld(Dataset):
         "label_accuracy": 0.8,  # detector object-label accuracy
         "attr_accuracy": 0.7,  # detector attribute-label accuracy
         "hard_negatives_top": 100,
-        # The paper's ITM_HS reads ViLBERT's difficult-sample file, which covers Flickr30k's retrieval images
-        # only; a pre-training image without an entry gets a random negative. ``retrieval`` mirrors that (the
-        # retrieval train images have hard negatives, the rest of pre-training does not); ``train`` gives every
-        # pre-training image its top-M nearest images.
-        "hard_negative_pool": "retrieval",
+        # Which images ITM_HS's difficult-sample file covers: ``train`` gives every pre-training image its top-M
+        # nearest images; ``retrieval`` mirrors ViLBERT's file, which covers Flickr30k's retrieval images only
+        # (the others then get a random negative, as the paper specifies). README: both measured.
+        "hard_negative_pool": "train",
         "vocab_size": 1000,
         "features_cache": "ram",  # disk | ram | gpu: where the visual fields live while training
         "in_memory": True,  # superseded by features_cache (false still means disk when features_cache is ram)

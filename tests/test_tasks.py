@@ -247,7 +247,8 @@ def test_mlm_gathered_logits_loss_equals_the_full_vocabulary_loss() -> None:
         assert torch.allclose(loss, expected, atol=1e-6), cap
         loss.backward()
         grads = [p.grad for p in (backbone.embed.weight, *task.head.parameters())]
-        assert all(torch.allclose(g, e, rtol=1e-5, atol=1e-6) for g, e in zip(grads, expected_grads)), cap
+        # Gradients reach ~30 here; float32 sums in another order differ by up to ~7e-6.
+        assert all(torch.allclose(g, e, rtol=1e-5, atol=1e-5) for g, e in zip(grads, expected_grads)), cap
 
 
 def test_max_predictions_must_be_a_positive_integer() -> None:
@@ -369,7 +370,7 @@ def test_capped_region_losses_equal_the_all_region_losses(cls: type) -> None:
     full = task.loss(output, everywhere)
     (grad_full,) = torch.autograd.grad(full, vision)
     assert torch.allclose(gathered, full, atol=1e-6)
-    assert torch.allclose(grad_gathered, grad_full, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grad_gathered, grad_full, rtol=1e-5, atol=1e-5)
     assert (grad_full.abs().sum(-1) > 0).eq(batch["region_mask"]).all()  # only masked regions get gradient
 
 

@@ -209,6 +209,7 @@ class Head(nn.Module):
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = PAIR_FIELDS
     defaults: ClassVar[dict[str, Any]] = {}
+    epochs: ClassVar[int] = 1  # fine-tuning epochs when a recipe entry gives none
 
     def __init__(self, info: DataInfo, hidden_size: int, pretrained: dict[str, Task], **options: Any) -> None:
         super().__init__()

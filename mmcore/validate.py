@@ -383,6 +383,8 @@ def _downstream(c: _Checker, items: Any, section: str, allowed: set[str], datase
                                        f"{', '.join(sorted(entry.requires - provided))} that its data does not provide")
         if section == "finetune":
             _schedule(c, spec, key, item)
+            if "epochs" not in spec and entry is not None:  # the head's own default (the paper's, for built-ins)
+                item["epochs"] = int(getattr(entry.factory, "epochs", 1))
             item["eval_split"] = spec.get("eval_split", "test")
             item["select"] = c.options(spec.get("select"), SELECT_DEFAULTS, (*key, "select"), "select")
             item["optim"] = _optim(c, spec.get("optim"), (*key, "optim"), {**DEFAULT_OPTIM, "lr": 5.0e-5, "warmup": 0.1, "clip": 5.0})

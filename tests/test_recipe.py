@@ -185,3 +185,22 @@ def test_bad_override_key(tmp_path, registry):
 def test_all_errors_are_reported_together(tmp_path, registry):
     text = BASE.replace("name: bb", "name: nope").replace("tasks: {fake: {}}", "tasks: {zzz: {}}")
     assert len(errors_of(tmp_path, registry, text)) == 2
+
+
+def test_finetune_epochs_default_to_the_heads_paper_values(tmp_path) -> None:
+    from mmcore.plugins import load_plugins
+    from mmcore.recipe import load_recipe
+    from mmcore.validate import resolve
+
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "backbone: {name: lxmert_s}\ndatasets: {synthworld: {}}\n"
+        "finetune:\n"
+        "  - {head: vqa, data: {view: vqa}}\n"
+        "  - {head: gqa, data: {view: gqa}}\n"
+        "  - {head: nlvr2, data: {view: nlvr2}}\n"
+        "  - {head: retrieval, data: {view: retrieval}}\n"
+        "  - {head: vqa, name: short, data: {view: vqa}, epochs: 2}\n")
+    resolved = resolve(load_recipe(path), load_plugins().registry)
+    assert [f["epochs"] for f in resolved["finetune"]] == [6, 5, 8, 8, 2]
+    assert all(f["optim"]["lr"] == 5.0e-5 and f["batch_size"] == 32 for f in resolved["finetune"])

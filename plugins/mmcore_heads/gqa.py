@@ -18,6 +18,7 @@ class GQAHead(AnswerHead):
     """GQA: the VQA head's classifier and BCE over GQA's answers; exact-match accuracy."""
 
     name: ClassVar[str] = "gqa"
+    epochs: ClassVar[int] = 5  # the paper's fine-tuning epochs
     target_field: ClassVar[str] = "gqa_target"
     requires: ClassVar[frozenset[str]] = frozenset({"text", "visual_feats", "visual_pos", "gqa_target"})
     defaults: ClassVar[dict[str, Any]] = {**AnswerHead.defaults, "answers_key": "gqa"}

@@ -56,6 +56,7 @@ class NLVR2Head(Head):
     """
 
     name: ClassVar[str] = "nlvr2"
+    epochs: ClassVar[int] = 8  # the paper's fine-tuning epochs
     requires: ClassVar[frozenset[str]] = frozenset(
         {"text", "visual_feats", "visual_pos", "visual_feats_1", "visual_pos_1", "nlvr2_label"}
     )

@@ -49,6 +49,7 @@ class RetrievalHead(Head):
     """Image-text retrieval: score = matched minus mismatched logit of Linear(H,2) on pooled; IR/TR R@1/5/10."""
 
     name: ClassVar[str] = "retrieval"
+    epochs: ClassVar[int] = 8  # the paper's fine-tuning epochs
     requires: ClassVar[frozenset[str]] = frozenset({"text", "visual_feats", "visual_pos", "img_id"})
     defaults: ClassVar[dict[str, Any]] = {
         "init_from": ["itm_hs", "itm"],  # pre-training tasks whose ITM classifier seeds `match`, first found wins

@@ -115,6 +115,7 @@ class VQAHead(AnswerHead):
     """VQA: Linear(H,sH) → GeLU → LayerNorm → Linear(sH,A) on pooled; BCE on soft scores; soft accuracy."""
 
     name: ClassVar[str] = "vqa"
+    epochs: ClassVar[int] = 6  # the paper's fine-tuning epochs
     target_field: ClassVar[str] = "vqa_target"
     requires: ClassVar[frozenset[str]] = frozenset({"text", "visual_feats", "visual_pos", "vqa_target"})
     defaults: ClassVar[dict[str, Any]] = {**AnswerHead.defaults, "answers_key": "vqa"}

@@ -85,18 +85,20 @@ class PairView:
         return cached
 
 
-class VQAView(PairView):
-    """VQA questions; examples add ``vqa_target`` float32 [A] (soft scores over ``answers``) and ``question_id``.
+class AnswerView(PairView):
+    """Questions over an answer table; examples add ``<target_field>`` float32 [A] (the label's scores over
+    ``answers``) and ``question_id``. Answers outside the table are dropped from the target, as no classifier over
+    the table can predict them."""
 
-    Answers outside the table are dropped from the target, as no classifier over the table can predict them.
-    """
+    target_field: str = ""
+    question_id_type: type = int
 
     def __init__(self, records: Sequence[dict[str, Any]], answers: Sequence[str], store: FeatureStore,
                  hard_negatives: Mapping[str, Sequence[str]] | None = None) -> None:
         super().__init__([(r["img_id"], r["sent"]) for r in records], store, hard_negatives)
         self.answers = list(answers)
         self._answer_index = {a: i for i, a in enumerate(self.answers)}
-        self.question_ids = [int(r["question_id"]) for r in records]
+        self.question_ids = [self.question_id_type(r["question_id"]) for r in records]
         self.labels: list[dict[str, float]] = [dict(r.get("label", {})) for r in records]
 
     def extra(self, index: int) -> dict[str, Any]:
@@ -105,7 +107,13 @@ class VQAView(PairView):
             j = self._answer_index.get(answer)
             if j is not None:
                 target[j] = score
-        return {"vqa_target": target, "question_id": self.question_ids[index]}
+        return {self.target_field: target, "question_id": self.question_ids[index]}
+
+
+class VQAView(AnswerView):
+    """VQA questions: ``vqa_target`` holds soft scores; question ids are integers."""
+
+    target_field = "vqa_target"
 
 
 class RetrievalView(PairView):
@@ -134,25 +142,11 @@ class RetrievalView(PairView):
         return {"caption_index": index, "image_index": self.caption_image[index]}
 
 
-class GQAView(PairView):
-    """GQA questions; examples add ``gqa_target`` float32 [A] (the label's scores over ``answers``, 1.0 at the
-    answer) and ``question_id`` (a string, as GQA's ids are). Answers outside the table are dropped."""
+class GQAView(AnswerView):
+    """GQA questions: ``gqa_target`` is 1.0 at the answer; question ids are strings, as GQA's are."""
 
-    def __init__(self, records: Sequence[dict[str, Any]], answers: Sequence[str], store: FeatureStore,
-                 hard_negatives: Mapping[str, Sequence[str]] | None = None) -> None:
-        super().__init__([(r["img_id"], r["sent"]) for r in records], store, hard_negatives)
-        self.answers = list(answers)
-        self._answer_index = {a: i for i, a in enumerate(self.answers)}
-        self.question_ids = [str(r["question_id"]) for r in records]
-        self.labels: list[dict[str, float]] = [dict(r.get("label", {})) for r in records]
-
-    def extra(self, index: int) -> dict[str, Any]:
-        target = np.zeros(len(self.answers), dtype=np.float32)
-        for answer, score in self.labels[index].items():
-            j = self._answer_index.get(answer)
-            if j is not None:
-                target[j] = score
-        return {"gqa_target": target, "question_id": self.question_ids[index]}
+    target_field = "gqa_target"
+    question_id_type = str
 
 
 class NLVR2View:

@@ -99,20 +99,26 @@ def read_vqa(path: PathLike) -> list[dict[str, Any]]:
     """VQA records; ``label`` may be absent (test files) and is then ``{}``."""
     records = _require_list(path, _load(path), "VQA questions")
     for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise MMCoreError(f"{path}: question {i} is a {type(rec).__name__}, not a JSON object")
-        missing = [k for k in _VQA_KEYS if k != "label" and k not in rec]
-        if missing:
-            raise MMCoreError(f"{path}: question {i} lacks {', '.join(repr(k) for k in missing)}")
-        what = f"question {i} (question_id {rec['question_id']!r})"
-        _field(path, what, rec, "img_id", str, "a string")
-        _field(path, what, rec, "sent", str, "a string")
+        what = _check_question(path, i, rec, [k for k in _VQA_KEYS if k != "label"])
         _field(path, what, rec, "question_id", (int, str), "an integer or a string")
-        label = rec.setdefault("label", {})
-        if not isinstance(label, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                  for v in label.values()):
-            raise MMCoreError(f"{path}: {what}: 'label' must map answers to scores, got {label!r:.60}")
     return records
+
+
+def _check_question(path: PathLike, i: int, rec: Any, keys: Sequence[str]) -> str:
+    """Check question ``i``'s shape, text and label (an absent label becomes ``{}``); how to name it in errors."""
+    if not isinstance(rec, dict):
+        raise MMCoreError(f"{path}: question {i} is a {type(rec).__name__}, not a JSON object")
+    missing = [k for k in keys if k not in rec]
+    if missing:
+        raise MMCoreError(f"{path}: question {i} lacks {', '.join(repr(k) for k in missing)}")
+    what = f"question {i} (question_id {rec['question_id']!r})"
+    _field(path, what, rec, "img_id", str, "a string")
+    _field(path, what, rec, "sent", str, "a string")
+    label = rec.setdefault("label", {})
+    if not isinstance(label, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              for v in label.values()):
+        raise MMCoreError(f"{path}: {what}: 'label' must map answers to scores, got {label!r:.60}")
+    return what
 
 
 def write_vqa(path: PathLike, records: Sequence[dict[str, Any]]) -> None:
@@ -238,19 +244,8 @@ def read_gqa(path: PathLike) -> list[dict[str, Any]]:
     may be absent (``submit.json``) and is then ``{}``; ``question_id`` stays a string."""
     records = _require_list(path, _load(path), "GQA questions")
     for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise MMCoreError(f"{path}: question {i} is a {type(rec).__name__}, not a JSON object")
-        missing = [k for k in _GQA_KEYS if k not in rec]
-        if missing:
-            raise MMCoreError(f"{path}: question {i} lacks {', '.join(repr(k) for k in missing)}")
-        what = f"question {i} (question_id {rec['question_id']!r})"
-        _field(path, what, rec, "img_id", str, "a string")
-        _field(path, what, rec, "sent", str, "a string")
+        what = _check_question(path, i, rec, _GQA_KEYS)
         rec["question_id"] = str(_field(path, what, rec, "question_id", (str, int), "a string"))
-        label = rec.setdefault("label", {})
-        if not isinstance(label, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                  for v in label.values()):
-            raise MMCoreError(f"{path}: {what}: 'label' must map answers to scores, got {label!r:.60}")
     return records
 
 

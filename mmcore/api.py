@@ -238,6 +238,23 @@ class Head(nn.Module):
         and return the file; default: the head keeps none, nothing is written, ``None``."""
         return None
 
+    # ---- per-example inspection (``mmcore inspect``); a head implements those that fit its outputs -----------
+
+    def top_predictions(self, backbone: Backbone, batch: Batch, k: int) -> list[list[tuple[str, float]]]:
+        """For each example of a collated batch, the ``k`` most probable labels (e.g. answers) with their
+        probabilities in [0,1], most probable first; a head with no discrete labels raises NotImplementedError."""
+        raise NotImplementedError(f"head {self.name!r} does not predict labels")
+
+    def gold_labels(self, batch: Batch) -> list[dict[str, float]]:
+        """For each example of a collated batch, its correct labels with their scores (e.g. VQA's soft scores;
+        empty when the example has no label); NotImplementedError when the head has no labels."""
+        raise NotImplementedError(f"head {self.name!r} has no labels")
+
+    def pair_scores(self, backbone: Backbone, batch: Batch) -> Tensor:
+        """A matching score [B] of each (text, image) pair of a collated batch, higher for a better match;
+        NotImplementedError for a head that does not match texts with images."""
+        raise NotImplementedError(f"head {self.name!r} does not score text-image pairs")
+
 
 class Dataset:
     """A source of views. Subclasses set ``name``, ``defaults`` and ``views`` (view name -> provided fields)."""

@@ -15,8 +15,10 @@ from rich.table import Table
 from mmcore import __version__
 from mmcore.cli_data import data as data_group
 from mmcore.cli_evaluate import evaluate as evaluate_command
+from mmcore.cli_inspect import inspect as inspect_command
 from mmcore.cli_report import report as report_command
 from mmcore.errors import MMCoreError, PluginError
+from mmcore.loggers import enable_loggers
 from mmcore.plugins import Plugins, load_plugins
 from mmcore.progress import Reporter
 from mmcore.recipe import Recipe, dump_recipe, load_recipe
@@ -86,9 +88,12 @@ def _locate_plugin_error(exc: PluginError, recipe: Recipe, paths: list[Path]) ->
     return exc
 
 
-def prepare_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> tuple[Recipe, Plugins, dict[str, Any]]:
-    """Load a recipe, load the plugins it names, validate it: (recipe, plugins, resolved)."""
+def prepare_recipe(path: str | Path, overrides: tuple[str, ...] = (),
+                   loggers: tuple[str, ...] = ()) -> tuple[Recipe, Plugins, dict[str, Any]]:
+    """Load a recipe, load the plugins it names, validate it: (recipe, plugins, resolved). ``loggers``
+    (``--logger``) are added to the recipe's ``loggers`` with their default options, unless it names them."""
     recipe = load_recipe(path, overrides)
+    enable_loggers(recipe, loggers)
     plugin_paths = recipe_plugin_paths(recipe)
     try:
         plugins = load_plugins(plugin_paths)
@@ -113,8 +118,10 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory of the same name.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Data cache (default $MMCORE_CACHE).")
 @click.option("--quiet", is_flag=True, help="No progress output; only the results table.")
+@click.option("--logger", "loggers", multiple=True, metavar="NAME",
+              help="Also log metrics with this logger, default options (as in the recipe's loggers:; repeatable).")
 def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | None, run_name: str | None,
-        output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool) -> None:
+        output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool, loggers: tuple[str, ...]) -> None:
     """Run a recipe: pre-training stages, zero-shot evaluations, fine-tunings, then a results table.
 
     Several RECIPES run one after another, each into OUTPUT_DIR/<name>/...: a recipe whose run there is
@@ -124,16 +131,16 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | Non
     from mmcore.rundir import RunDir, atomic_write_text
 
     if len(recipes) > 1:
-        _run_many(recipes, overrides, resume, run_name, output_dir, overwrite, cache_dir, quiet)
+        _run_many(recipes, overrides, resume, run_name, output_dir, overwrite, cache_dir, quiet, loggers)
         return
     recipe = recipes[0] if recipes else None
     if resume is not None:
         run_dir = RunDir.open(resume)
-        _, plugins, resolved = prepare_recipe(run_dir.path / "recipe.resolved.yaml", overrides)
+        _, plugins, resolved = prepare_recipe(run_dir.path / "recipe.resolved.yaml", overrides, loggers)
     elif recipe is None:
         raise MMCoreError("give a RECIPE to run, or --resume RUN_DIR")
     else:
-        _, plugins, resolved = prepare_recipe(recipe, overrides)
+        _, plugins, resolved = prepare_recipe(recipe, overrides, loggers)
         parent = output_dir or Path(resolved["output_dir"])
         run_dir = RunDir.create(parent, resolved["name"], run_name, overwrite)
         atomic_write_text(run_dir.path / "recipe.resolved.yaml", dump_recipe(strip_private(resolved)))
@@ -154,7 +161,8 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | Non
 
 
 def _run_many(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | None, run_name: str | None,
-              output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool) -> None:
+              output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool,
+              loggers: tuple[str, ...] = ()) -> None:
     from mmcore import distributed
     from mmcore.runmany import run_many
 
@@ -162,7 +170,7 @@ def _run_many(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path
         raise MMCoreError("--resume continues one run directory; with several RECIPES, rerun the same command "
                           "instead (complete runs are skipped, partial ones resumed)")
     # Every recipe is checked before the first one trains.
-    prepared = [prepare_recipe(path, overrides)[1:] for path in recipes]
+    prepared = [prepare_recipe(path, overrides, loggers)[1:] for path in recipes]
     outcomes = run_many(prepared, output_dir=output_dir, run_name=run_name, overwrite=overwrite,
                         cache_dir=cache_dir, reporter=Reporter(err_console, quiet=quiet))
     if not distributed.current().is_main:  # under torchrun, rank 0 prints the table
@@ -259,7 +267,7 @@ def _list(kind: str) -> None:
     console.print(table)
 
 
-for _kind in ("task", "backbone", "dataset", "head"):
+for _kind in ("task", "backbone", "dataset", "head", "logger"):
     def _make(kind: str):
         @main.command(name=f"list-{kind}s", help=f"List every registered {kind}.")
         def _command() -> None:
@@ -290,6 +298,7 @@ def _register_plugin_commands() -> None:
 
 main.add_command(data_group)
 main.add_command(report_command)
+main.add_command(inspect_command)
 main.add_command(evaluate_command)
 _register_plugin_commands()
 

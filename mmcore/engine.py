@@ -22,7 +22,8 @@ from mmcore.checkpointing import (
 )
 from mmcore.data.collate import Collator, to_device
 from mmcore.errors import MMCoreError
-from mmcore.finetuning import finetune
+from mmcore.finetuning import finetune, start_state, started_from
+from mmcore.loggers import run_loggers
 from mmcore.plugins import Plugins
 from mmcore.progress import Reporter
 from mmcore.rundir import RunDir, fingerprint
@@ -150,7 +151,12 @@ class Engine:
 
     # ----- the run ----------------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
-        """Run every stage, zero-shot evaluation and fine-tuning not already complete; return all results."""
+        """Run every stage, zero-shot evaluation and fine-tuning not already complete; return all results. The run's
+        loggers (``metrics.jsonl``'s and the recipe's ``loggers``) are registered from its start to its end."""
+        with run_loggers(self.plugins.manager, self.registry, self.run, self.recipe.get("loggers") or {}):
+            return self._execute()
+
+    def _execute(self) -> dict[str, Any]:
         start = time.perf_counter()
         self.info = self.primary_dataset().info()
         self.tokenizer = self.primary_dataset().tokenizer()
@@ -165,7 +171,8 @@ class Engine:
             if item["name"] in self.results:
                 self.reporter.message(f"[dim]zero-shot {item['name']}: done, skipped[/dim]")
                 continue
-            self._record(item["name"], self._zero_shot(item, state, pretrained))
+            origin = start_state(self, item, state, pretrained)  # the final weights, or those of its `init` stage
+            self._record(item["name"], {**self._zero_shot(item, *origin), **started_from(item)})
         for item in self.recipe["finetune"]:
             if item["name"] in self.results:
                 self.reporter.message(f"[dim]fine-tuning {item['name']}: done, skipped[/dim]")
@@ -291,25 +298,25 @@ class Engine:
 
     def checkpointing(self, item: dict[str, Any], files: CheckpointFiles, partial: dict[str, Any] | None,
                       saved: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """train_loop's arguments for accumulation, checkpoints inside a stage or fine-tuning, and resuming one."""
+        """train_loop's arguments for accumulation, data-loader workers, checkpoints inside a stage or fine-tuning, and
+        resuming one."""
         def checkpoint(training: dict[str, Any]) -> None:
             if self.run.main:  # the others would copy their weights only to drop them
                 files.save_partial({**saved(), "step": training["step"], "training": training})
 
         resume = None if partial is None else {**partial["training"], "path": str(files.partial)}
         return {"grad_accum": item["grad_accum"], "checkpoint_every": item["checkpoint_every"],
-                "checkpoint": checkpoint, "resume": resume, "dist": self.dist}
+                "checkpoint": checkpoint, "resume": resume, "dist": self.dist, "num_workers": item["num_workers"]}
 
     def log(self, scope: str, step: int, epoch: int, metrics: dict[str, float]) -> None:
         """Log a training step's metrics (rounded) to ``metrics.jsonl`` and the ``mmcore_log`` hook."""
         self.log_record({"scope": scope, "step": step, "epoch": epoch, **{k: round(v, 6) for k, v in metrics.items()}})
 
     def log_record(self, record: dict[str, Any]) -> None:
-        """Append ``record`` to ``metrics.jsonl`` and pass it to the ``mmcore_log`` hook."""
-        step = int(record["step"])
-        self.run.log_metrics(record)
+        """Pass ``record`` to the ``mmcore_log`` hook: the core's logger appends it to ``metrics.jsonl``, and every
+        enabled logger receives it (see :mod:`mmcore.loggers`)."""
         if self.dist.is_main:  # the record is already reduced over processes
-            self.plugins.hook.mmcore_log(run=self, step=step, metrics=record)
+            self.plugins.hook.mmcore_log(run=self, step=int(record["step"]), metrics=record)
 
     def scratch(self, name: str) -> Path:
         """The folder of evaluation ``name`` for work that survives an interruption: ``<run>/eval/<name>/``."""

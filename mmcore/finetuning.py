@@ -5,6 +5,9 @@ After each epoch the fine-tuning is evaluated on its ``select.split`` (default `
 ``metrics.jsonl`` (``split: val``, keys prefixed ``val_``) and, when the head's ``primary_metric`` improves, the
 weights to ``finetune/<name>/best.pt``. The best value and epoch travel in every partial checkpoint, so a resumed
 fine-tuning selects the epoch the uninterrupted one would. Without a selection split the last epoch is reported.
+
+A fine-tuning (or zero-shot evaluation) starts from the final pre-trained weights, or with ``init: <stage>`` from
+the weights that stage ended with (:func:`start_state`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import numpy as np
 import torch
 
 from mmcore.api import Backbone, Head, Task
-from mmcore.checkpointing import CheckpointFiles, cpu_state
+from mmcore.checkpointing import CheckpointFiles, cpu_state, read_checkpoint
 from mmcore.data.collate import Collator
 from mmcore.distributed import micro_batch_size
 from mmcore.errors import MMCoreError
+from mmcore.rundir import fingerprint
 from mmcore.training import EpochSampler, LoopResult, PrepareCollate, train_loop
 
 if TYPE_CHECKING:
@@ -72,11 +76,61 @@ class Selection:
                 "selection": {"split": self.split, "metric": self.metric, "value": self.best, "metrics": self.metrics}}
 
 
+def stage_state(engine: Engine, stage: str) -> dict[str, Any]:
+    """The pre-trained state as the engine has it after ``stage``: that stage's backbone, and the task weights of
+    every stage up to it (later stages overlaying earlier ones), read from the run's stage checkpoints."""
+    names = [s["name"] for s in engine.recipe["stages"]]
+    if stage not in names:
+        raise MMCoreError(f"no pre-training stage {stage!r} in the recipe; stages: {', '.join(names) or '(none)'}")
+    tasks: dict[str, Any] = {}
+    backbone: dict[str, Any] = {}
+    for name in names[: names.index(stage) + 1]:
+        path = engine.run.stage_checkpoint(name)
+        if not path.is_file():
+            raise MMCoreError(f"stage {name!r} has no checkpoint ({path}); is the run finished? (mmcore run --resume)")
+        ckpt = read_checkpoint(path)
+        tasks.update(ckpt.get("tasks", {}))
+        backbone = ckpt["backbone"]
+    return {"backbone": backbone, "tasks": tasks, "stage": stage}
+
+
+def stage_tasks(engine: Engine, state: dict[str, Any]) -> dict[str, Task]:
+    """The pre-trained task modules of a :func:`stage_state` (each built with the options of the last stage up to
+    that one that trains it), for heads that start from them (zero-shot retrieval from ITM)."""
+    names = [s["name"] for s in engine.recipe["stages"]]
+    stages = engine.recipe["stages"][: names.index(state["stage"]) + 1]
+    last = {name: options for stage in stages for name, options in stage["tasks"].items()}
+    backbone = engine.build_backbone()
+    tasks = engine.build_tasks({"tasks": {n: o for n, o in last.items() if n in state["tasks"]}}, backbone)
+    for name, task in tasks.items():
+        task.load_state_dict(state["tasks"][name])
+    return tasks
+
+
+def start_state(engine: Engine, item: dict[str, Any], state: dict[str, Any],
+                pretrained: dict[str, Task]) -> tuple[dict[str, Any], dict[str, Task]]:
+    """(state, pre-trained tasks) a zero-shot or fine-tuning entry starts from: the final ones given, or with
+    ``init: <stage>`` those after that stage."""
+    stage = item.get("init")
+    if stage is None or stage == state.get("stage"):
+        return state, pretrained
+    start = stage_state(engine, str(stage))
+    return start, stage_tasks(engine, start)
+
+
+def started_from(item: dict[str, Any]) -> dict[str, Any]:
+    """What ``results.json`` records about an entry's start: ``{"init": stage}`` when it names one, else nothing."""
+    return {"init": item["init"]} if "init" in item else {}
+
+
 def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretrained: dict[str, Task]) -> dict[str, Any]:
-    """Fine-tune ``item`` from the pre-trained ``state`` (continuing a partial run), then evaluate it."""
+    """Fine-tune ``item`` from the pre-trained ``state``, or from the stage its ``init`` names (continuing a partial
+    run), then evaluate it."""
     name = item["name"]
     engine.plugins.hook.mmcore_stage_start(run=engine, stage=item)
+    state, pretrained = start_state(engine, item, state, pretrained)
     backbone = engine.pretrained_backbone(state)
+    init = {"from": state.get("stage"), "fingerprint": fingerprint(backbone.state_dict())}
     torch.manual_seed(engine.seed + 1000)
     head = engine.build_head(item, pretrained, backbone.hidden_size)
     files = CheckpointFiles(engine.run, engine.run.finetune_checkpoint(name), name, f"fine-tuning {name!r}")
@@ -90,7 +144,7 @@ def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretra
         files.discard_partial()
         result = LoopResult(int(done["step"]), 0, float(done.get("seconds", 0.0)), {})
     else:
-        result = _train(engine, item, backbone, head, files, selection)
+        result = _train(engine, item, backbone, head, files, selection, init)
     if selection.best_epoch is not None:
         engine.dist.barrier()  # rank 0 alone writes best.pt: every process reads it only once it is there
         best = files.read(files.final.parent / BEST)
@@ -107,8 +161,9 @@ def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretra
     metrics, predictions = engine.dist.on_main(evaluate)
     engine.plugins.hook.mmcore_stage_end(run=engine, stage=item, metrics=metrics)
     relative = {"predictions": Path(os.path.relpath(predictions, engine.run.path)).as_posix()} if predictions else {}
-    return {"kind": "finetune", "head": item["head"], "split": item["eval_split"], "steps": result.steps,
-            "seconds": round(result.seconds, 1), "metrics": metrics, **selection.result(), **relative}
+    return {"kind": "finetune", "head": item["head"], **started_from(item), "split": item["eval_split"],
+            "steps": result.steps, "seconds": round(result.seconds, 1), "metrics": metrics, **selection.result(),
+            **relative}
 
 
 def _selection_split(engine: Engine, item: dict[str, Any]) -> tuple[str | None, str]:
@@ -132,9 +187,9 @@ def _steps_per_epoch(engine: Engine, item: dict[str, Any], sampler: EpochSampler
 
 
 def _train(engine: Engine, item: dict[str, Any], backbone: Backbone, head: Head, files: CheckpointFiles,
-           selection: Selection) -> LoopResult:
+           selection: Selection, init: dict[str, Any]) -> LoopResult:
     """Fine-tune ``backbone`` and ``head`` (from the partial checkpoint, if any), selecting on the way; write the
-    final checkpoint."""
+    final checkpoint. ``init`` (the stage it started from and its weights' fingerprint) goes into every checkpoint."""
     name = item["name"]
     partial = files.begin()
     if partial is not None:
@@ -149,7 +204,7 @@ def _train(engine: Engine, item: dict[str, Any], backbone: Backbone, head: Head,
     every = int(item["checkpoint_every"])
 
     def saved() -> dict[str, Any]:
-        return {"name": name, "backbone": cpu_state(backbone), "head": cpu_state(head),
+        return {"name": name, "init": init, "backbone": cpu_state(backbone), "head": cpu_state(head),
                 "selection": selection.state(), "mmcore_format": 2}
 
     def select(step: int, epoch: int) -> None:

@@ -35,6 +35,12 @@ def mmcore_register_extractors(registry: Any) -> None:
 
 
 @hookspec
+def mmcore_register_loggers(registry: Any) -> None:
+    """Add metrics loggers with ``registry.add_logger(name, factory)``: ``factory(run_dir, **options)`` returns an
+    object with an ``@mmcore.hookimpl`` method ``mmcore_log(run, step, metrics)`` and optionally ``close()``."""
+
+
+@hookspec
 def mmcore_register_commands(cli: Any) -> None:
     """Add click commands to the ``mmcore`` group."""
 
@@ -51,4 +57,5 @@ def mmcore_stage_end(run: Any, stage: Any, metrics: dict[str, float]) -> None:
 
 @hookspec
 def mmcore_log(run: Any, step: int, metrics: dict[str, float]) -> None:
-    """Called with every logged metrics record (loggers are plugins)."""
+    """Called on the main process with every logged metrics record (``metrics.jsonl`` is written by the core's
+    logger through this hook; the recipe's ``loggers`` are registered as plugins for the run)."""

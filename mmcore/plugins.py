@@ -31,6 +31,7 @@ REGISTER_HOOKS = {
     "dataset": "mmcore_register_datasets",
     "head": "mmcore_register_heads",
     "extractor": "mmcore_register_extractors",
+    "logger": "mmcore_register_loggers",
 }
 
 

@@ -1,4 +1,4 @@
-"""One Registry per run: named backbones, tasks, datasets, heads and extractors, each with its origin."""
+"""One Registry per run: named backbones, tasks, datasets, heads, extractors and loggers, each with its origin."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from mmcore.errors import PluginError, UnknownNameError
 
-KINDS = ("backbone", "task", "dataset", "head", "extractor")
+KINDS = ("backbone", "task", "dataset", "head", "extractor", "logger")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,14 @@ class Registry:
         """Register a feature extractor ``factory(options) -> extractor`` under ``name``; ``defaults`` lists its
         options (see :mod:`mmcore.data.extract`)."""
         self._add(Entry("extractor", name, factory, self._origin, description or _doc(factory),
+                        defaults=dict(defaults or {})))
+
+    def add_logger(self, name: str, factory: Callable[..., Any], description: str = "",
+                   defaults: dict[str, Any] | None = None) -> None:
+        """Register a metrics logger ``factory(run_dir, **options)`` under ``name``; the object it returns has an
+        ``@mmcore.hookimpl`` ``mmcore_log(run, step, metrics)`` (optionally ``close()``). ``defaults`` lists its
+        options (recipes may set only these, with the same types)."""
+        self._add(Entry("logger", name, factory, self._origin, description or _doc(factory),
                         defaults=dict(defaults or {})))
 
     def get(self, kind: str, name: str) -> Entry:

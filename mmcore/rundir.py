@@ -131,7 +131,9 @@ class RunDir:
             atomic_torch_save(path, obj)
 
     def log_metrics(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to ``metrics.jsonl`` (a torn last line is skipped by :meth:`read_metrics`)."""
+        """Append one JSON line to ``metrics.jsonl``: the core's JSONL logger's write (:mod:`mmcore.loggers`), opened
+        per record because a resume may replace the file (:meth:`drop_metrics`); a torn last line is skipped by
+        :meth:`read_metrics`."""
         if not self.main:
             return
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:

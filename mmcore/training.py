@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
 from mmcore.api import Batch, Example, ExampleSource
 from mmcore.checkpointing import capture_rng, restore_rng
 from mmcore.data.collate import Collator, to_device
+from mmcore.data.loader import Batches, useful_workers
 from mmcore.distributed import Dist, Forward, micro_batch_size
 from mmcore.errors import MMCoreError
 from mmcore.loopstate import Progress, Window, check_compatible
@@ -38,11 +39,16 @@ class MixedExamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return sum(self.sizes)
 
-    def __getitem__(self, index: int) -> tuple[Example, ExampleSource]:
-        for view, offset, size in zip(self.views, self.offsets, self.sizes):
+    def locate(self, index: int) -> tuple[int, int]:
+        """(view number, index within that view) of item ``index``."""
+        for number, (offset, size) in enumerate(zip(self.offsets, self.sizes)):
             if index < offset + size:
-                return view[index - offset], view
+                return number, index - offset
         raise IndexError(index)
+
+    def __getitem__(self, index: int) -> tuple[Example, ExampleSource]:
+        number, inner = self.locate(index)
+        return self.views[number][inner], self.views[number]
 
 
 class EpochSampler(Sampler[int]):
@@ -235,6 +241,7 @@ def train_loop(
     generators: dict[str, torch.Generator] | None = None,
     dist: Dist | None = None,
     precision: str = "fp32",
+    num_workers: int = 0,
 ) -> LoopResult:
     """Train ``modules`` on ``data`` for ``epochs`` (or ``max_steps``); losses are logged every ``log_every`` steps.
 
@@ -248,12 +255,17 @@ def train_loop(
     the final one. Each step takes ``batch_size`` samples: ``grad_accum`` micro-batches on each of ``dist``'s
     processes, whose gradients DistributedDataParallel averages. ``precision`` bf16 runs the forward pass and
     losses under bf16 autocast (the backward follows autocast's choices; parameters and optimiser stay fp32).
+    ``num_workers`` processes read the examples ahead (:class:`mmcore.data.loader.Batches`); ``collate`` runs
+    here either way, so the results do not depend on it.
     """
     dist, generators = dist or Dist(), generators or {}
     micro = micro_batch_size(batch_size, dist.world_size, grad_accum, description)
     sampler.shard(dist.rank, dist.world_size)
-    loader = DataLoader(data, batch_size=micro, sampler=sampler, collate_fn=collate, drop_last=False,
-                        pin_memory=device.type == "cuda")
+    workers = useful_workers(data.views, num_workers)
+    if workers != num_workers:
+        reporter.message(f"{description}: features are held in memory, so examples are read without worker "
+                         f"processes (num_workers {num_workers} ignored)")
+    loader = Batches(data, micro, sampler, collate, workers, pin_memory=device.type == "cuda")
     micro_per_epoch = math.ceil(sampler.shard_size() / micro)
     steps_per_epoch = math.ceil(micro_per_epoch / grad_accum)
     total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * max(epochs, 1))
@@ -307,7 +319,7 @@ def train_loop(
     for m in modules:
         m.train()
     start, window_start = time.perf_counter(), time.perf_counter()
-    with reporter.bar(description, total) as bar:
+    with loader, reporter.bar(description, total) as bar:  # the loader's workers end with the loop, even on errors
         bar.advance(progress.step)
         for epoch in range(progress.epoch, max(epochs, 1)):
             if progress.step >= total:
@@ -316,7 +328,7 @@ def train_loop(
                 progress.epoch, progress.in_epoch = epoch, 0
             sampler.set_epoch(epoch, start=progress.in_epoch * grad_accum * micro)
             collate.set_epoch(epoch)
-            batches = iter(loader)
+            batches = loader.epoch()
             if pending_rng is not None:  # mid-epoch: after the iterator (which drew its seed before the checkpoint)
                 restore_rng(pending_rng, collate, generators)
                 pending_rng = None

@@ -14,6 +14,7 @@ from typing import Any
 from mmcore.data.store import CACHE_MODES
 from mmcore.distributed import batch_size_rule, env_world_size
 from mmcore.errors import MMCoreError, RecipeError, UnknownNameError, did_you_mean
+from mmcore.loggers import resolve_loggers
 from mmcore.recipe import KeyPath, Recipe, format_key
 from mmcore.registry import Registry
 
@@ -26,24 +27,27 @@ TOP_KEYS = {
     "output_dir": "parent directory of runs (default runs)",
     "log_every": "log training metrics every N steps",
     "checkpoint_every": "also checkpoint inside a stage or fine-tuning every N steps (0: only at its end)",
+    "num_workers": "data-loader worker processes reading examples (0: read in the training process)",
     "eval_batch_size": "batch size for evaluation",
     "precision": "fp32 | bf16 (bf16 autocast for training and evaluation)",
     "compile": "torch.compile the backbone (true | false)",
+    "loggers": "{logger name: options}, e.g. {tensorboard: {}} (metrics.jsonl is always written)",
     "backbone": "{name: ..., options}",
     "datasets": "{dataset name: options}",
     "stages": "the pre-training curriculum, in order",
     "zero_shot": "evaluations of the pre-trained model without fine-tuning",
-    "finetune": "downstream fine-tunings, each from the final pre-trained weights",
+    "finetune": "downstream fine-tunings, each from the final pre-trained weights (or a stage's: init)",
 }
 PRECISIONS = ("fp32", "bf16")
-SCHEDULE_KEYS = {"epochs", "batch_size", "max_steps", "optim", "max_text_len", "grad_accum", "checkpoint_every"}
+SCHEDULE_KEYS = {"epochs", "batch_size", "max_steps", "optim", "max_text_len", "grad_accum", "checkpoint_every",
+                 "num_workers"}
 STAGE_KEYS = {"name", "init", "data", "tasks", *SCHEDULE_KEYS}
 DATA_KEYS = {"dataset", "view", "split", "weight", "limit"}
 OPTIM_KEYS = {"lr", "weight_decay", "warmup", "clip", "betas", "eps", "nonfinite"}
-FINETUNE_KEYS = {"name", "head", "options", "data", "eval_split", "select", *SCHEDULE_KEYS}
+FINETUNE_KEYS = {"name", "head", "init", "options", "data", "eval_split", "select", *SCHEDULE_KEYS}
 # Model selection of a fine-tuning: evaluate on ``split`` after every epoch, keep the best by the head's metric.
 SELECT_DEFAULTS: dict[str, Any] = {"split": "val", "every_epoch": True}
-ZERO_SHOT_KEYS = {"name", "head", "options", "data", "max_text_len"}
+ZERO_SHOT_KEYS = {"name", "head", "init", "options", "data", "max_text_len"}
 
 DEFAULT_OPTIM = {"lr": 1.0e-4, "weight_decay": 0.01, "warmup": 0.05, "clip": 1.0, "betas": [0.9, 0.999], "eps": 1.0e-6,
                  "nonfinite": "stop"}
@@ -66,6 +70,7 @@ class _Checker:
         self.errors: list[RecipeError] = []
         self.declared: list[str] = []
         self.checkpoint_every: Any = 0  # the recipe-wide default of each stage's and fine-tuning's
+        self.num_workers: Any = 0  # likewise
         self.world_size = env_world_size()  # processes that will share each batch (torchrun's WORLD_SIZE)
 
     def fail(self, key: KeyPath, message: str) -> None:
@@ -149,6 +154,7 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
         "output_dir": data.get("output_dir", "runs"),
         "log_every": data.get("log_every", 20),
         "checkpoint_every": data.get("checkpoint_every", 0),
+        "num_workers": data.get("num_workers", 0),
         "eval_batch_size": data.get("eval_batch_size", 256),
         "precision": data.get("precision", "fp32"),
         "compile": data.get("compile", False),
@@ -161,6 +167,9 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     c.number(out["checkpoint_every"], ("checkpoint_every",), integer=True, minimum=0)
     every = out["checkpoint_every"]
     c.checkpoint_every = every if isinstance(every, int) and not isinstance(every, bool) and every >= 0 else 0
+    c.number(out["num_workers"], ("num_workers",), integer=True, minimum=0)
+    workers = out["num_workers"]
+    c.num_workers = workers if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0 else 0
     c.number(out["eval_batch_size"], ("eval_batch_size",), integer=True, minimum=1)
     if out["precision"] not in PRECISIONS:
         c.fail(("precision",), f"precision must be one of {', '.join(PRECISIONS)}, got {out['precision']!r}")
@@ -170,6 +179,9 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
         c.fail(("device",), f"device must be auto, cpu, cuda, cuda:N or mps, got {out['device']!r}")
     out["backbone"] = _backbone(c, data.get("backbone"))
     out["datasets"] = _datasets(c, data.get("datasets") or {})
+    loggers = resolve_loggers(c, data.get("loggers"))
+    if loggers:  # only when given, so that the resolved text of recipes without it is unchanged
+        out["loggers"] = loggers
     stages = data.get("stages") or []
     if not isinstance(stages, list):
         c.fail(("stages",), "stages must be a list")
@@ -179,6 +191,7 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     out["zero_shot"] = _downstream(c, data.get("zero_shot") or [], "zero_shot", ZERO_SHOT_KEYS, out["datasets"])
     out["finetune"] = _downstream(c, data.get("finetune") or [], "finetune", FINETUNE_KEYS, out["datasets"])
     _unique_names(c, out["zero_shot"] + out["finetune"], "downstream")
+    _downstream_init(c, out["zero_shot"] + out["finetune"], [s["name"] for s in out["stages"]])
     if c.errors:
         raise RecipeInvalid(c.errors)
     return out
@@ -282,10 +295,12 @@ def _schedule(c: _Checker, spec: dict[str, Any], key: KeyPath, out: dict[str, An
     out["max_text_len"] = spec.get("max_text_len", 20)
     out["grad_accum"] = spec.get("grad_accum", 1)
     out["checkpoint_every"] = spec.get("checkpoint_every", c.checkpoint_every)
+    out["num_workers"] = spec.get("num_workers", c.num_workers)
     c.number(out["epochs"], (*key, "epochs"), integer=True, minimum=0)
     c.number(out["batch_size"], (*key, "batch_size"), integer=True, minimum=1)
     c.number(out["grad_accum"], (*key, "grad_accum"), integer=True, minimum=1)
     c.number(out["checkpoint_every"], (*key, "checkpoint_every"), integer=True, minimum=0)
+    c.number(out["num_workers"], (*key, "num_workers"), integer=True, minimum=0)
     sizes = (out["batch_size"], c.world_size, out["grad_accum"])
     if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes) and sizes[0] % (sizes[1] * sizes[2]):
         c.fail((*key, "batch_size"), batch_size_rule(*sizes))
@@ -371,6 +386,8 @@ def _downstream(c: _Checker, items: Any, section: str, allowed: set[str], datase
         entry = c.entry("head", spec.get("head"), (*key, "head"))
         item: dict[str, Any] = {"name": str(spec.get("name") or f"{section}_{spec.get('head')}"), "head": spec.get("head"),
                                 "_key": key}
+        if "init" in spec:  # only when given, so that the resolved text of recipes without it is unchanged
+            item["init"] = spec["init"]
         split = "test" if section == "zero_shot" else "train"
         item["data"] = _data(c, spec.get("data"), (*key, "data"), datasets, split)
         if len(item["data"]) > 1:
@@ -392,6 +409,16 @@ def _downstream(c: _Checker, items: Any, section: str, allowed: set[str], datase
             item["max_text_len"] = spec.get("max_text_len", 20)
         out.append(item)
     return out
+
+
+def _downstream_init(c: _Checker, items: list[dict[str, Any]], stages: list[str]) -> None:
+    """A zero-shot or fine-tuning ``init`` names a pre-training stage of the recipe (it starts from its weights)."""
+    for item in items:
+        if "init" in item and item["init"] not in stages:
+            known = f"stages: {', '.join(stages)}" if stages else "the recipe has no pre-training stages"
+            hint = did_you_mean(str(item["init"]), stages)
+            c.fail((*item["_key"], "init"), f"init must name a pre-training stage of this recipe, whose final weights "
+                                            f"the entry starts from; got {item['init']!r}{hint}; {known}")
 
 
 def _unique_names(c: _Checker, items: list[dict[str, Any]], what: str) -> None:

@@ -26,7 +26,8 @@ class Collator:
     """Batches examples: ``text`` becomes ``input_ids``/``attention_mask``/``position_ids``; arrays are stacked.
 
     Each distinct text is tokenised once, at its first batch, and its ids reused in every later batch and epoch
-    (the cache lives in this object, so in each data-loader worker process for as long as the worker lives).
+    (the cache lives in this object, so in the process that collates: in training, the main one, also when
+    worker processes read the examples).
     """
 
     def __init__(self, tokenizer: Any, max_text_len: int = 20) -> None:
@@ -82,7 +83,7 @@ def _stack(key: str, values: list[Any]) -> Any:
         return torch.tensor(values, dtype=torch.bool)
     if isinstance(first, (int, np.integer)):
         return torch.tensor(values, dtype=torch.long)
-    if isinstance(first, (float, np.floating)) or isinstance(first, Number):
+    if isinstance(first, (float, np.floating, Number)):
         return torch.tensor(values, dtype=torch.float32)
     return list(values)
 

@@ -22,9 +22,10 @@ with confidence 0, so a confidence-weighted loss ignores them even where ``visua
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -34,6 +35,9 @@ from mmcore.data.devicecache import DeviceTable, image_refs
 from mmcore.data.fileio import temp_path
 from mmcore.errors import MMCoreError
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 FORMAT_VERSION = 1
 # Where a store's visual fields live while training: read per example from the file, held in host memory, or
 # held as device tensors and gathered per batch on the device (see mmcore.data.devicecache).
@@ -41,6 +45,8 @@ CACHE_MODES = ("disk", "ram", "gpu")
 _PER_REGION = {"obj_ids": np.int64, "obj_conf": np.float32, "attr_ids": np.int64, "attr_conf": np.float32}
 # Slack for float rounding in converters that divide pixel boxes by the image size.
 _BOX_TOLERANCE = 1e-3
+# Stores holding an open file handle, so that a forked process can close the handles it inherited.
+_OPEN: weakref.WeakSet[FeatureStore] = weakref.WeakSet()
 
 
 class FeatureStoreWriter:
@@ -138,7 +144,7 @@ class FeatureStoreWriter:
         self._file.close()
         self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> FeatureStoreWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -179,6 +185,7 @@ class FeatureStore:
         if not self.path.is_file():
             raise MMCoreError(f"feature store {self.path} does not exist")
         self._handle: h5py.File | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}  # of the open handle: looking one up costs as much as a read
         self._pid = -1
         self._arrays: dict[str, np.ndarray] = {}
         try:
@@ -240,16 +247,23 @@ class FeatureStore:
 
     def _file(self) -> h5py.File:
         # h5py handles must not cross a fork, so each process opens its own.
-        if self._handle is None or self._pid != os.getpid():
+        if self._handle is not None and self._pid != os.getpid():
+            self.close()  # inherited through a fork: this process's copy of it goes, the parent's stays open
+        if self._handle is None:
             self._handle = h5py.File(self.path, "r")
             self._pid = os.getpid()
+            _OPEN.add(self)
         return self._handle
 
     def _rows(self, name: str, index: int | slice) -> np.ndarray:
         if self.in_memory:
             return self._arrays[name][index]
         try:
-            rows = self._file()[name][index]
+            handle = self._file()
+            dataset = self._datasets.get(name)
+            if dataset is None:
+                dataset = self._datasets[name] = handle[name]
+            rows = dataset[index]
         except OSError as exc:
             raise self._unreadable(exc) from None
         if name in ("features", "boxes", "obj_conf", "attr_conf"):
@@ -309,8 +323,10 @@ class FeatureStore:
     def close(self) -> None:
         """Close the lazily opened file handle, if any."""
         if self._handle is not None:
+            self._datasets = {}
             self._handle.close()
             self._handle = None
+            _OPEN.discard(self)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -320,5 +336,20 @@ class FeatureStore:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_handle"], state["_pid"] = None, -1
+        state["_handle"], state["_pid"], state["_datasets"] = None, -1, {}
         return state
+
+
+def close_open_stores(inherited_only: bool = False) -> int:
+    """Close the file handles of every store read from disk (with ``inherited_only``: those opened by another
+    process, i.e. inherited through a fork); each reopens lazily in the process that next reads it.
+
+    Call it before forking workers and first thing in each worker, so that no HDF5 handle is shared across a
+    fork. Returns how many were closed.
+    """
+    pid, closed = os.getpid(), 0
+    for store in list(_OPEN):
+        if store._handle is not None and not (inherited_only and store._pid == pid):
+            store.close()
+            closed += 1
+    return closed

@@ -27,6 +27,7 @@ from mmcore_heads.predictions import write_nlvr2_predictions
 
 PREDICTIONS_CSV = "predictions.csv"
 UNLABELLED = -1  # nlvr2_label of a statement without a label (NLVR2's hidden test set)
+LABELS = ("false", "true")  # class 0, class 1
 _TEXT_KEYS = ("input_ids", "attention_mask", "position_ids")
 _IMAGE_KEYS = ("visual_feats", "visual_pos", "visual_mask")
 
@@ -77,6 +78,15 @@ class NLVR2Head(Head):
         pooled = backbone.encode(stack_images(batch)).pooled
         half = pooled.shape[0] // 2
         return self.logit_fc(torch.cat([pooled[:half], pooled[half:]], dim=-1))
+
+    def top_predictions(self, backbone: Backbone, batch: Batch, k: int) -> list[list[tuple[str, float]]]:
+        """``true`` / ``false`` with their softmax probabilities, the more probable first (at most ``k``)."""
+        probabilities = torch.softmax(self.logits(backbone, batch).float(), dim=-1).tolist()
+        return [sorted(zip(LABELS, row), key=lambda pair: -pair[1])[:k] for row in probabilities]
+
+    def gold_labels(self, batch: Batch) -> list[dict[str, float]]:
+        """``{"true": 1.0}`` or ``{"false": 1.0}``; empty for an unlabelled statement."""
+        return [{} if label == UNLABELLED else {LABELS[label]: 1.0} for label in batch["nlvr2_label"].tolist()]
 
     def loss(self, backbone: Backbone, batch: Batch) -> Tensor:
         """Cross-entropy against ``nlvr2_label`` (unlabelled statements are ignored)."""

@@ -114,6 +114,10 @@ class RetrievalHead(Head):
         logits = self.match(backbone.encode(batch).pooled).float()
         return logits[:, 1] - logits[:, 0]
 
+    def pair_scores(self, backbone: Backbone, batch: Batch) -> Tensor:
+        """The matching score [B] of each (caption, image) pair: :meth:`scores`."""
+        return self.scores(backbone, batch)
+
     def loss(self, backbone: Backbone, batch: Batch) -> Tensor:
         """BCE-with-logits of the matching score against ``match_label`` (1 = matched)."""
         return F.binary_cross_entropy_with_logits(self.scores(backbone, batch), batch["match_label"].float())

@@ -78,6 +78,19 @@ class AnswerHead(Head):
         """Per-question score [N] of the argmax answer; ``accuracy`` is their mean."""
         raise NotImplementedError
 
+    def top_predictions(self, backbone: Backbone, batch: Batch, k: int) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable answers of each question, by softmax over the answer table (the head trains
+        one sigmoid per answer; the softmax makes them one distribution, as the MSP paper's Figure 3 shows)."""
+        probabilities = torch.softmax(self.logits(backbone, batch).float(), dim=-1)
+        values, indices = probabilities.topk(min(k, self.num_answers), dim=-1)
+        return [[(self.answers[i], float(p)) for i, p in zip(row_i, row_p)]
+                for row_i, row_p in zip(indices.tolist(), values.tolist())]
+
+    def gold_labels(self, batch: Batch) -> list[dict[str, float]]:
+        """Each question's answers with a non-zero target score (VQA: soft scores; GQA: the one answer, 1.0)."""
+        targets = batch[self.target_field].float().cpu()
+        return [{self.answers[i]: float(row[i]) for i in row.nonzero().flatten().tolist()} for row in targets]
+
     def evaluate(self, backbone: Backbone, view: ExampleSource, ctx: EvalContext) -> dict[str, float]:
         """``{"accuracy": ...}``: the mean question score of the argmax answer, a fraction in [0,1]; keeps the
         predicted answer of every question for :meth:`write_predictions`."""

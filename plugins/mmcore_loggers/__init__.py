@@ -1,0 +1,1 @@
+"""Built-in metrics loggers: ``tensorboard`` (needs the ``tensorboard`` package: ``pip install "mmcore[tensorboard]"``)."""

@@ -2,6 +2,9 @@
 
 A run directory is *complete* when its ``results.json`` records every stage (``_stages``) and every zero-shot and
 fine-tuning entry its ``recipe.resolved.yaml`` names: exactly what the engine itself skips on ``--resume``.
+Two resolved recipes are the same run when they agree on everything but the keys that cannot change a result
+(loggers, data-loader workers, checkpoint frequency), so adding a logger or workers to a batch, or a mmcore that
+writes a new such key, still finds the earlier runs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from mmcore.recipe import dump_recipe, parse_yaml
 from mmcore.validate import strip_private
 
 RESOLVED = "recipe.resolved.yaml"
+# Keys (at the top, in stages and in fine-tunings) that change how a run goes, not what it computes.
+OPERATIONAL_KEYS = frozenset({"loggers", "num_workers", "checkpoint_every"})
 
 
 @dataclass(frozen=True)
@@ -81,15 +86,30 @@ def find_previous(recipe_dir: Path, resolved_text: str, run_name: str | None) ->
         path = recipe_dir / run_name
         if not (path / RESOLVED).is_file():
             return None, False
-        if (path / RESOLVED).read_text(encoding="utf-8") != resolved_text:
+        if not same_recipe((path / RESOLVED).read_text(encoding="utf-8"), resolved_text):
             raise MMCoreError(f"run directory {path} holds a different version of this recipe; use --overwrite to "
                               f"start it again or another --run-name")
         return path, is_complete(path)
-    same = [p for p in run_dirs_in(recipe_dir) if (p / RESOLVED).read_text(encoding="utf-8") == resolved_text]
+    same = [p for p in run_dirs_in(recipe_dir) if same_recipe((p / RESOLVED).read_text(encoding="utf-8"), resolved_text)]
     complete = [p for p in same if is_complete(p)]
     if complete:
         return complete[-1], True
     return (same[-1], False) if same else (None, False)
+
+
+def same_recipe(text_a: str, text_b: str) -> bool:
+    """Whether two resolved recipes describe the same run, ignoring :data:`OPERATIONAL_KEYS`."""
+    if text_a == text_b:
+        return True
+    return _results_part(parse_yaml(text_a)) == _results_part(parse_yaml(text_b))
+
+
+def _results_part(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _results_part(v) for k, v in node.items() if k not in OPERATIONAL_KEYS}
+    if isinstance(node, list):
+        return [_results_part(v) for v in node]
+    return node
 
 
 def run_many(prepared: Sequence[tuple[Plugins, dict[str, Any]]], *, output_dir: Path | None, run_name: str | None,

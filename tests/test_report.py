@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from mmcore.cli import main, prepare_recipe
 from mmcore.report import curriculum, load_run, loss_curves
+from mmcore.runmany import same_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -173,6 +174,18 @@ def test_run_many_again_skips_complete_and_resumes_partial(batch):
     # Only the evaluation was lost: the fine-tuning's checkpoint is complete, so it is evaluated, not retrained.
     assert redone == []
     assert json.loads(results_path.read_text())["retrieval"] == kept
+
+
+def test_run_many_ignores_keys_that_cannot_change_results(batch):
+    # Workers or a checkpoint frequency do not make a new run of the same recipe; a learning rate does.
+    again = cli([*batch["args"], "--set", "num_workers=1", "--set", "checkpoint_every=5"])
+    for index, name in enumerate(TINY, 1):
+        assert f"recipe {index}/3: {name} complete in {batch['runs'][name]}, skipped" in flat(again)
+    text = (batch["runs"]["t_s"] / "recipe.resolved.yaml").read_text()
+    assert "num_workers: 0" in text
+    assert same_recipe(text, text.replace("num_workers: 0", "num_workers: 4"))
+    assert same_recipe(text, text + "loggers: {tensorboard: {}}\n")
+    assert not same_recipe(text, text.replace("seed: 0", "seed: 1"))
 
 
 def test_run_many_refuses_resume_and_duplicate_names(batch):

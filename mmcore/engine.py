@@ -322,13 +322,17 @@ class Engine:
         """The folder of evaluation ``name`` for work that survives an interruption: ``<run>/eval/<name>/``."""
         return self.run.path / "eval" / name
 
-    def pretrained_tasks(self, state: dict[str, Any]) -> dict[str, Task]:
-        """Task modules rebuilt with the final trained weights of each task name (for zero-shot heads)."""
+    def pretrained_tasks(self, state: dict[str, Any], through: str | None = None) -> dict[str, Task]:
+        """Task modules rebuilt with the trained weights of each task name in ``state`` (for zero-shot heads),
+        with the options of the stages up to ``through`` (default: all)."""
         if state["backbone"] is None:
             return {}
         backbone = self.build_backbone()
+        stages = self.recipe["stages"]
+        if through is not None:
+            stages = stages[: [s["name"] for s in stages].index(through) + 1]
         # The last stage that trains a task decides its options; each task is built once.
-        last = {name: options for stage in self.recipe["stages"] for name, options in stage["tasks"].items()}
+        last = {name: options for stage in stages for name, options in stage["tasks"].items()}
         tasks = self.build_tasks({"tasks": {n: o for n, o in last.items() if n in state["tasks"]}}, backbone)
         for name, task in tasks.items():
             task.load_state_dict(state["tasks"][name])

@@ -94,19 +94,6 @@ def stage_state(engine: Engine, stage: str) -> dict[str, Any]:
     return {"backbone": backbone, "tasks": tasks, "stage": stage}
 
 
-def stage_tasks(engine: Engine, state: dict[str, Any]) -> dict[str, Task]:
-    """The pre-trained task modules of a :func:`stage_state` (each built with the options of the last stage up to
-    that one that trains it), for heads that start from them (zero-shot retrieval from ITM)."""
-    names = [s["name"] for s in engine.recipe["stages"]]
-    stages = engine.recipe["stages"][: names.index(state["stage"]) + 1]
-    last = {name: options for stage in stages for name, options in stage["tasks"].items()}
-    backbone = engine.build_backbone()
-    tasks = engine.build_tasks({"tasks": {n: o for n, o in last.items() if n in state["tasks"]}}, backbone)
-    for name, task in tasks.items():
-        task.load_state_dict(state["tasks"][name])
-    return tasks
-
-
 def start_state(engine: Engine, item: dict[str, Any], state: dict[str, Any],
                 pretrained: dict[str, Task]) -> tuple[dict[str, Any], dict[str, Task]]:
     """(state, pre-trained tasks) a zero-shot or fine-tuning entry starts from: the final ones given, or with
@@ -115,7 +102,7 @@ def start_state(engine: Engine, item: dict[str, Any], state: dict[str, Any],
     if stage is None or stage == state.get("stage"):
         return state, pretrained
     start = stage_state(engine, str(stage))
-    return start, stage_tasks(engine, start)
+    return start, engine.pretrained_tasks(start, through=str(stage))
 
 
 def started_from(item: dict[str, Any]) -> dict[str, Any]:

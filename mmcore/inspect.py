@@ -23,7 +23,7 @@ from mmcore.api import Backbone, Batch, ExampleSource, Head
 from mmcore.checkpointing import check_fits, read_checkpoint
 from mmcore.data.collate import Collator, to_device
 from mmcore.errors import MMCoreError
-from mmcore.finetuning import BEST, stage_state, stage_tasks
+from mmcore.finetuning import BEST, stage_state
 from mmcore.report import stage_label
 from mmcore.training import autocast
 
@@ -243,7 +243,8 @@ class _Matcher:
         state = stage_state(self.engine, stage)
         entry = next((z for z in self.zero_shots if z.get("init", self.stages[-1]) == stage), self.item)
         backbone = _backbone(self.engine, state["backbone"], str(self.engine.run.stage_checkpoint(stage)))
-        head = self.engine.build_head(entry, stage_tasks(self.engine, state), backbone.hidden_size).eval()
+        tasks = self.engine.pretrained_tasks(state, through=stage)
+        head = self.engine.build_head(entry, tasks, backbone.hidden_size).eval()
         if not head.zero_shot_ready:
             return CaptionCell(None, note="no fine-tuning from this stage and no pre-trained matching head")
         origin = getattr(head, "initialized_from", None)
@@ -344,6 +345,7 @@ def plot(ins: Inspection, path: Path) -> Path | None:
         ax.set_xlim(0, 1)
         if not answers:
             ax.text(0.5, 0.5, "no fine-tuning\nfrom this stage", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])  # an empty panel: a probability axis would suggest zeros
         ax.set_title(f"after {row.stage} ({row.curriculum})", fontsize="medium")
         caption = row.caption
         if ins.caption_image is not None:

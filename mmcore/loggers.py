@@ -17,6 +17,7 @@ import pluggy
 from mmcore.errors import MMCoreError, PluginError
 
 if TYPE_CHECKING:
+    from mmcore.checker import Checker
     from mmcore.recipe import Recipe
     from mmcore.registry import Registry
     from mmcore.rundir import RunDir
@@ -52,9 +53,9 @@ def enable_loggers(recipe: Recipe, names: tuple[str, ...] | list[str]) -> None:
             recipe.origins[("loggers", name)] = (f"--logger {name}", None)
 
 
-def resolve_loggers(checker: Any, spec: Any) -> dict[str, dict[str, Any]]:
+def resolve_loggers(checker: Checker, spec: Any) -> dict[str, dict[str, Any]]:
     """The recipe's ``loggers:`` (name → options) with each logger's defaults filled in and its option types
-    checked; problems are reported through ``checker`` (:mod:`mmcore.validate`'s), located at their key."""
+    checked; problems are reported through ``checker``, located at their key."""
     if spec is None:
         return {}
     if not isinstance(spec, dict):

@@ -6,17 +6,19 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from typing import Any
 
+from mmcore.checker import Checker, RecipeInvalid
 from mmcore.data.store import CACHE_MODES
-from mmcore.distributed import batch_size_rule, env_world_size
-from mmcore.errors import MMCoreError, RecipeError, UnknownNameError, did_you_mean
+from mmcore.distributed import batch_size_rule
+from mmcore.errors import MMCoreError, did_you_mean
 from mmcore.loggers import resolve_loggers
 from mmcore.recipe import KeyPath, Recipe, format_key
 from mmcore.registry import Registry
+
+__all__ = ["DEVICE", "Checker", "RecipeInvalid", "resolve", "strip_private"]
 
 TOP_KEYS = {
     "name": "run name (default: the recipe file's stem)",
@@ -55,94 +57,9 @@ NONFINITE = ("stop", "skip")  # what a step with a non-finite loss does: stop th
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-class RecipeInvalid(MMCoreError):
-    """One or more recipe problems; ``errors`` holds each located :class:`RecipeError`."""
-
-    def __init__(self, errors: list[RecipeError]):
-        self.errors = errors
-        head = f"recipe is invalid ({len(errors)} problem{'s' if len(errors) != 1 else ''}):"
-        super().__init__("\n".join([head, *(f"  - {e}" for e in errors)]))
-
-
-class _Checker:
-    def __init__(self, recipe: Recipe, registry: Registry):
-        self.recipe, self.registry = recipe, registry
-        self.errors: list[RecipeError] = []
-        self.declared: list[str] = []
-        self.checkpoint_every: Any = 0  # the recipe-wide default of each stage's and fine-tuning's
-        self.num_workers: Any = 0  # likewise
-        self.world_size = env_world_size()  # processes that will share each batch (torchrun's WORLD_SIZE)
-
-    def fail(self, key: KeyPath, message: str) -> None:
-        self.errors.append(self.recipe.error(key, message))
-
-    def keys(self, mapping: Any, allowed: Any, key: KeyPath, what: str) -> bool:
-        if not isinstance(mapping, dict):
-            self.fail(key, f"{what} must be a mapping, got {type(mapping).__name__}")
-            return False
-        for name in mapping:
-            if name not in allowed:
-                self.fail((*key, str(name)), f"unknown key {name!r} in {what}{did_you_mean(str(name), allowed)}; "
-                                             f"allowed: {', '.join(sorted(allowed))}")
-        return True
-
-    def number(self, value: Any, key: KeyPath, *, integer: bool = False, minimum: float | None = None,
-               exclusive: bool = False, maximum: float | None = None) -> None:
-        kinds = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            self.fail(key, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
-            return
-        if minimum is not None and (value <= minimum if exclusive else value < minimum):
-            self.fail(key, f"must be {'>' if exclusive else '>='} {minimum}, got {value!r}")
-        if maximum is not None and value > maximum:
-            self.fail(key, f"must be <= {maximum}, got {value!r}")
-
-    def entry(self, kind: str, name: Any, key: KeyPath) -> Any:
-        if not isinstance(name, str):
-            self.fail(key, f"{kind} name must be a string, got {name!r}")
-            return None
-        try:
-            return self.registry.get(kind, name)
-        except UnknownNameError as exc:
-            self.fail(key, str(exc))
-            return None
-
-    def options(self, given: Any, defaults: dict[str, Any], key: KeyPath, what: str, extra: set[str] = frozenset(),
-                typed: bool = True) -> dict:
-        given = {} if given is None else given
-        if not self.keys(given, set(defaults) | set(extra), key, what):
-            return dict(defaults)
-        if typed:
-            for name, value in given.items():
-                if name in defaults:
-                    self.like(value, defaults[name], (*key, str(name)))
-        return {**copy.deepcopy(defaults), **given}
-
-    def like(self, value: Any, default: Any, key: KeyPath) -> None:
-        """A plugin option must have its default's type (ints pass for floats; a string for a list)."""
-        if default is None:
-            return
-        if isinstance(default, bool):
-            ok, kind = isinstance(value, bool), "true or false"
-        elif isinstance(default, int):
-            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
-        elif isinstance(default, float):
-            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-        elif isinstance(default, str):
-            ok, kind = isinstance(value, str), "a string"
-        elif isinstance(default, (list, tuple)):
-            ok, kind = isinstance(value, (list, str)), "a list"
-        elif isinstance(default, dict):
-            ok, kind = isinstance(value, dict), "a mapping"
-        else:
-            return
-        if not ok:
-            self.fail(key, f"must be {kind} (default {default!r}), got {value!r}")
-
-
 def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     """The recipe with every default filled in, or :class:`RecipeInvalid` naming every problem."""
-    c = _Checker(recipe, registry)
+    c = Checker(recipe, registry)
     data = recipe.data
     c.keys(data, TOP_KEYS, (), "the recipe")
     # Names under the top-level `datasets`, known or not: an unknown one is reported once, not per data entry.
@@ -197,7 +114,7 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     return out
 
 
-def _backbone(c: _Checker, spec: Any) -> dict[str, Any]:
+def _backbone(c: Checker, spec: Any) -> dict[str, Any]:
     if not isinstance(spec, dict) or "name" not in spec:
         c.fail(("backbone",), "backbone must be a mapping with a 'name' (e.g. {name: lxmert_s})")
         return {"name": None}
@@ -209,7 +126,7 @@ def _backbone(c: _Checker, spec: Any) -> dict[str, Any]:
     return {"name": entry.name, **options}
 
 
-def _datasets(c: _Checker, spec: Any) -> dict[str, dict[str, Any]]:
+def _datasets(c: Checker, spec: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(spec, dict):
         c.fail(("datasets",), "datasets must map dataset names to their options")
         return {}
@@ -225,7 +142,7 @@ def _datasets(c: _Checker, spec: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _data(c: _Checker, spec: Any, key: KeyPath, datasets: dict[str, dict], split: str) -> list[dict[str, Any]]:
+def _data(c: Checker, spec: Any, key: KeyPath, datasets: dict[str, dict], split: str) -> list[dict[str, Any]]:
     items = spec if isinstance(spec, list) else [spec]
     out = []
     for index, item in enumerate(items):
@@ -255,7 +172,7 @@ def _data(c: _Checker, spec: Any, key: KeyPath, datasets: dict[str, dict], split
     return out
 
 
-def _provided(c: _Checker, data: list[dict[str, Any]]) -> frozenset[str] | None:
+def _provided(c: Checker, data: list[dict[str, Any]]) -> frozenset[str] | None:
     fields = None
     for item in data:
         try:
@@ -268,7 +185,7 @@ def _provided(c: _Checker, data: list[dict[str, Any]]) -> frozenset[str] | None:
     return fields
 
 
-def _optim(c: _Checker, spec: Any, key: KeyPath, defaults: dict[str, Any]) -> dict[str, Any]:
+def _optim(c: Checker, spec: Any, key: KeyPath, defaults: dict[str, Any]) -> dict[str, Any]:
     optim = c.options(spec, defaults, key, "optim", typed=False)
     c.number(optim["lr"], (*key, "lr"), minimum=0, exclusive=True)
     c.number(optim["weight_decay"], (*key, "weight_decay"), minimum=0)
@@ -288,7 +205,7 @@ def _optim(c: _Checker, spec: Any, key: KeyPath, defaults: dict[str, Any]) -> di
     return optim
 
 
-def _schedule(c: _Checker, spec: dict[str, Any], key: KeyPath, out: dict[str, Any]) -> None:
+def _schedule(c: Checker, spec: dict[str, Any], key: KeyPath, out: dict[str, Any]) -> None:
     out["epochs"] = spec.get("epochs", 1)
     out["batch_size"] = spec.get("batch_size", 32)
     out["max_steps"] = spec.get("max_steps")
@@ -309,7 +226,7 @@ def _schedule(c: _Checker, spec: dict[str, Any], key: KeyPath, out: dict[str, An
         c.number(out["max_steps"], (*key, "max_steps"), integer=True, minimum=1)
 
 
-def _stage(c: _Checker, spec: Any, index: int, datasets: dict[str, dict]) -> dict[str, Any]:
+def _stage(c: Checker, spec: Any, index: int, datasets: dict[str, dict]) -> dict[str, Any]:
     key: KeyPath = ("stages", str(index))
     if not c.keys(spec, STAGE_KEYS, key, "a stage"):
         return {"name": f"stage{index}", "tasks": {}, "data": []}
@@ -348,7 +265,7 @@ def _stage(c: _Checker, spec: Any, index: int, datasets: dict[str, dict]) -> dic
     return out
 
 
-def _init(c: _Checker, init: Any, key: KeyPath) -> Any:
+def _init(c: Checker, init: Any, key: KeyPath) -> Any:
     """``previous``/``none``, or the checkpoint path made absolute (relative to the file that names it)."""
     if init in ("previous", "none", None):
         return init
@@ -374,7 +291,7 @@ def _init(c: _Checker, init: Any, key: KeyPath) -> Any:
     return str(path.resolve())
 
 
-def _downstream(c: _Checker, items: Any, section: str, allowed: set[str], datasets: dict) -> list[dict[str, Any]]:
+def _downstream(c: Checker, items: Any, section: str, allowed: set[str], datasets: dict) -> list[dict[str, Any]]:
     if not isinstance(items, list):
         c.fail((section,), f"{section} must be a list")
         return []
@@ -411,7 +328,7 @@ def _downstream(c: _Checker, items: Any, section: str, allowed: set[str], datase
     return out
 
 
-def _downstream_init(c: _Checker, items: list[dict[str, Any]], stages: list[str]) -> None:
+def _downstream_init(c: Checker, items: list[dict[str, Any]], stages: list[str]) -> None:
     """A zero-shot or fine-tuning ``init`` names a pre-training stage of the recipe (it starts from its weights)."""
     for item in items:
         if "init" in item and item["init"] not in stages:
@@ -421,7 +338,7 @@ def _downstream_init(c: _Checker, items: list[dict[str, Any]], stages: list[str]
                                             f"the entry starts from; got {item['init']!r}{hint}; {known}")
 
 
-def _unique_names(c: _Checker, items: list[dict[str, Any]], what: str) -> None:
+def _unique_names(c: Checker, items: list[dict[str, Any]], what: str) -> None:
     seen: dict[str, KeyPath] = {}
     for item in items:
         key = item.get("_key", (what,))

@@ -1,0 +1,99 @@
+"""The recipe checker: collects every located problem of a recipe (file, line, key path) instead of stopping at
+the first, and checks keys, numbers, plugin names and plugin options the same way for every section."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from mmcore.distributed import env_world_size
+from mmcore.errors import MMCoreError, RecipeError, UnknownNameError, did_you_mean
+from mmcore.recipe import KeyPath, Recipe
+from mmcore.registry import Registry
+
+
+class RecipeInvalid(MMCoreError):
+    """One or more recipe problems; ``errors`` holds each located :class:`RecipeError`."""
+
+    def __init__(self, errors: list[RecipeError]):
+        self.errors = errors
+        head = f"recipe is invalid ({len(errors)} problem{'s' if len(errors) != 1 else ''}):"
+        super().__init__("\n".join([head, *(f"  - {e}" for e in errors)]))
+
+
+class Checker:
+    """Problems found so far in one recipe, and the checks that add to them."""
+
+    def __init__(self, recipe: Recipe, registry: Registry):
+        self.recipe, self.registry = recipe, registry
+        self.errors: list[RecipeError] = []
+        self.declared: list[str] = []
+        self.checkpoint_every: Any = 0  # the recipe-wide default of each stage's and fine-tuning's
+        self.num_workers: Any = 0  # likewise
+        self.world_size = env_world_size()  # processes that will share each batch (torchrun's WORLD_SIZE)
+
+    def fail(self, key: KeyPath, message: str) -> None:
+        self.errors.append(self.recipe.error(key, message))
+
+    def keys(self, mapping: Any, allowed: Any, key: KeyPath, what: str) -> bool:
+        if not isinstance(mapping, dict):
+            self.fail(key, f"{what} must be a mapping, got {type(mapping).__name__}")
+            return False
+        for name in mapping:
+            if name not in allowed:
+                self.fail((*key, str(name)), f"unknown key {name!r} in {what}{did_you_mean(str(name), allowed)}; "
+                                             f"allowed: {', '.join(sorted(allowed))}")
+        return True
+
+    def number(self, value: Any, key: KeyPath, *, integer: bool = False, minimum: float | None = None,
+               exclusive: bool = False, maximum: float | None = None) -> None:
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            self.fail(key, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+            return
+        if minimum is not None and (value <= minimum if exclusive else value < minimum):
+            self.fail(key, f"must be {'>' if exclusive else '>='} {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            self.fail(key, f"must be <= {maximum}, got {value!r}")
+
+    def entry(self, kind: str, name: Any, key: KeyPath) -> Any:
+        if not isinstance(name, str):
+            self.fail(key, f"{kind} name must be a string, got {name!r}")
+            return None
+        try:
+            return self.registry.get(kind, name)
+        except UnknownNameError as exc:
+            self.fail(key, str(exc))
+            return None
+
+    def options(self, given: Any, defaults: dict[str, Any], key: KeyPath, what: str, extra: set[str] = frozenset(),
+                typed: bool = True) -> dict:
+        given = {} if given is None else given
+        if not self.keys(given, set(defaults) | set(extra), key, what):
+            return dict(defaults)
+        if typed:
+            for name, value in given.items():
+                if name in defaults:
+                    self.like(value, defaults[name], (*key, str(name)))
+        return {**copy.deepcopy(defaults), **given}
+
+    def like(self, value: Any, default: Any, key: KeyPath) -> None:
+        """A plugin option must have its default's type (ints pass for floats; a string for a list)."""
+        if default is None:
+            return
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        elif isinstance(default, (list, tuple)):
+            ok, kind = isinstance(value, (list, str)), "a list"
+        elif isinstance(default, dict):
+            ok, kind = isinstance(value, dict), "a mapping"
+        else:
+            return
+        if not ok:
+            self.fail(key, f"must be {kind} (default {default!r}), got {value!r}")

@@ -69,7 +69,7 @@ class RunInfo:
                 continue
             if column.name is not None and name == column.name:
                 return result
-            if column.name is None and result.get("kind") == column.kind and result.get("head") == column.head:
+            if column.name is None and _headline(result) == (column.kind, column.head):
                 return result
         return None
 
@@ -143,6 +143,12 @@ def curriculum(recipe: dict[str, Any]) -> tuple[str, str, str]:
     return count, used, " ".join(n.upper() for n in names) or "–"
 
 
+def _headline(result: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, head) of an evaluation from the final pre-trained weights; one from an earlier stage (``init``) gets
+    its own columns instead, so a headline number always means "after the whole curriculum"."""
+    return None if "init" in result else (str(result.get("kind")), str(result.get("head")))
+
+
 def columns(runs: Sequence[RunInfo]) -> list[Column]:
     """The headline columns any run has a value for, then every metric of other evaluations (by name)."""
     out = [c for c in HEADLINE if any(run.value(c) is not None for run in runs)]
@@ -151,7 +157,7 @@ def columns(runs: Sequence[RunInfo]) -> list[Column]:
         for name, result in run.results.items():
             if name.startswith("_") or not isinstance(result, dict):
                 continue
-            if (result.get("kind"), result.get("head")) in headline_kinds:
+            if _headline(result) in headline_kinds:
                 continue
             for metric in result.get("metrics", {}):
                 column = Column(f"{name} {metric}", str(result.get("kind")), str(result.get("head")), metric, name)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from mmcore.cli import main, prepare_recipe
-from mmcore.report import curriculum, load_run, loss_curves
+from mmcore.report import RunInfo, columns, curriculum, load_run, loss_curves
 from mmcore.runmany import same_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,3 +280,15 @@ def test_report_of_a_directory_without_runs_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["report", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "holds no run directories" in result.output and "Traceback" not in result.output
+
+
+def test_headline_columns_read_the_fine_tuning_from_the_final_weights():
+    # A fine-tuning from an earlier stage (init:) is listed first, yet the headline VQA column is the final one's;
+    # the earlier one gets its own column.
+    results = {"vqa_after_token": {"kind": "finetune", "head": "vqa", "init": "token", "metrics": {"accuracy": 0.1}},
+               "vqa": {"kind": "finetune", "head": "vqa", "metrics": {"accuracy": 0.5}}}
+    run = RunInfo(Path("r"), {"name": "r", "stages": []}, results)
+    (vqa,) = [c for c in columns([run]) if c.label == "VQA acc"]
+    assert run.value(vqa) == 0.5
+    (early,) = [c for c in columns([run]) if c.name == "vqa_after_token"]
+    assert run.value(early) == 0.1 and early.label == "vqa_after_token accuracy"

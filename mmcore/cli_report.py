@@ -20,7 +20,7 @@ from mmcore.report import (
 
 
 @click.command(name="report")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
               help="Directory for report.md and the plots.")
 @click.option("--no-plots", is_flag=True, help="Write report.md only.")
@@ -33,6 +33,13 @@ def report(run_dirs: tuple[Path, ...], out: Path, no_plots: bool) -> None:
     from mmcore.cli import _stdout_console
 
     err = Console(stderr=True)
+    # A shell glob over a batch's parent also matches its files (a log kept beside the runs): say so, go on.
+    files = [p for p in run_dirs if not p.is_dir()]
+    for path in files:
+        err.print(f"[dim]{escape(str(path))}: not a directory, skipped[/dim]")
+    run_dirs = tuple(p for p in run_dirs if p.is_dir())
+    if not run_dirs:
+        raise click.UsageError("no run directories given (only files)")
     runs = collect(run_dirs, note=lambda text: err.print(f"[dim]{escape(text)}[/dim]"))
     header, rows = table(runs, bold=lambda s: f"[bold]{s}[/bold]")
     # Recipe names and curricula are data, not markup; the metric cells carry the bold markup.

@@ -243,6 +243,21 @@ def test_report_accepts_a_parent_of_run_directories(batch, tmp_path):
     assert "3 runs" in printed and not list(tmp_path.glob("*.png"))
 
 
+def test_report_over_a_glob_skips_files_beside_the_runs(batch, tmp_path):
+    log = batch["tmp"] / "runs" / "sweep.log"
+    log.write_text("a log kept beside the runs\n")
+    try:
+        dirs = sorted(str(p) for p in (batch["tmp"] / "runs").iterdir())
+        printed = cli(["report", *dirs, "--out", str(tmp_path), "--no-plots"])
+    finally:
+        log.unlink()
+    assert "3 runs" in printed and "sweep.log: not a directory, skipped" in flat(printed)
+    lone = tmp_path / "notes.txt"
+    lone.write_text("no runs here\n")
+    only_files = CliRunner().invoke(main, ["report", str(lone), "--no-plots"])
+    assert only_files.exit_code == 2 and "no run directories given" in only_files.output
+
+
 def test_loss_curves_follow_metrics_jsonl(batch):
     run = load_run(batch["runs"]["t_s"])
     curves = loss_curves(run)

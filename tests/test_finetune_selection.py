@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import invoke, run_recipe
 from mmcore_heads.retrieval import RetrievalHead
 from mmcore_synth.dataset import SynthWorld
 
@@ -38,12 +39,6 @@ finetune:
 """
 
 
-def invoke(args: list[str]) -> str:
-    result = CliRunner().invoke(main, args, terminal_width=200)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.output
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
@@ -51,11 +46,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    base = tmp_path_factory.mktemp("runs")
-    recipe = base / "tiny.yaml"
-    recipe.write_text(textwrap.dedent(RECIPE))
-    invoke(["run", str(recipe), "--output-dir", str(base), "--run-name", "a", "--cache-dir", str(cache_dir), "--quiet"])
-    return base / "tiny" / "a"
+    return run_recipe(tmp_path_factory.mktemp("runs"), RECIPE, cache_dir)
 
 
 def test_each_epoch_is_validated_and_the_best_one_is_tested(run: Path, cache_dir: Path) -> None:

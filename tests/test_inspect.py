@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import invoke, run_recipe
 from mmcore_heads.nlvr2 import NLVR2Head
 from mmcore_heads.retrieval import RetrievalHead
 from mmcore_heads.vqa import VQAHead
 
 from mmcore.api import DataInfo, Head
-from mmcore.cli import main
 from mmcore.data.collate import Collator
 from mmcore.plugins import load_plugins
 from mmcore.recipe import parse_yaml
@@ -44,12 +43,6 @@ finetune:
 """
 
 
-def invoke(args: list[str], code: int = 0) -> str:
-    result = CliRunner().invoke(main, args, terminal_width=250)
-    assert result.exit_code == code, (result.output, result.exception)
-    return result.output
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
@@ -57,11 +50,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    base = tmp_path_factory.mktemp("runs")
-    recipe = base / "tiny.yaml"
-    recipe.write_text(textwrap.dedent(RECIPE))
-    invoke(["run", str(recipe), "--output-dir", str(base), "--run-name", "a", "--cache-dir", str(cache_dir), "--quiet"])
-    return base / "tiny" / "a"
+    return run_recipe(tmp_path_factory.mktemp("runs"), RECIPE, cache_dir)
 
 
 class Direct:

@@ -4,7 +4,6 @@ at several points and resumed ends with the results of an uninterrupted run, and
 from __future__ import annotations
 
 import copy
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import comparable
 from torch import nn
 
 from mmcore import rundir
@@ -273,18 +273,6 @@ def _mmcore(args: list[str], env: dict[str, str], pause: str | None = None, mark
     mark.unlink()
 
 
-def _comparable(run: Path) -> tuple[dict, list]:
-    """results.json and metrics.jsonl without wall-clock figures (seconds, samples/s)."""
-    results = json.loads((run / "results.json").read_text())
-    results.pop("_run")
-    for entry in [*results["_stages"].values(), *(v for k, v in results.items() if not k.startswith("_"))]:
-        entry.pop("seconds")
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for record in records:
-        record.pop("samples_per_s", None)  # validation records (after a fine-tuning's epoch) have none
-    return results, records
-
-
 def test_killed_three_times_and_resumed_ends_as_an_uninterrupted_run(tmp_path):
     (tmp_path / "pause.py").write_text(PAUSE_PLUGIN)
     recipe = tmp_path / "kill.yaml"
@@ -312,8 +300,8 @@ def test_killed_three_times_and_resumed_ends_as_an_uninterrupted_run(tmp_path):
     assert partial["step"] == 4 and partial["selection"]["best_epoch"] == 0 and not (vqa / "checkpoint.pt").exists()
     _mmcore(resume, env)
 
-    whole_results, whole_records = _comparable(tmp_path / "runs" / "kill" / "whole")
-    killed_results, killed_records = _comparable(run)
+    whole_results, whole_records = comparable(tmp_path / "runs" / "kill" / "whole")
+    killed_results, killed_records = comparable(run)
     assert whole_results["_stages"]["token"]["steps"] == 5 and "accuracy" in whole_results["vqa"]["metrics"]
     assert killed_results == whole_results  # every loss, step count and metric, exactly
     assert killed_records == whole_records  # metrics.jsonl: steps logged after a checkpoint appear once

@@ -4,7 +4,6 @@ collates, so losses, weights and a resumed run are those of a run without worker
 from __future__ import annotations
 
 import copy
-import json
 import multiprocessing
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import comparable
 from mmcore_synth.dataset import SynthWorld
 
 from mmcore.api import Example
@@ -174,17 +174,6 @@ finetune:
 """
 
 
-def _results(run: Path) -> tuple[dict, list]:
-    results = json.loads((run / "results.json").read_text())
-    results.pop("_run")
-    for entry in [*results["_stages"].values(), *(v for k, v in results.items() if not k.startswith("_"))]:
-        entry.pop("seconds")
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for record in records:
-        record.pop("samples_per_s", None)
-    return results, records
-
-
 def test_a_run_with_workers_stopped_and_resumed_ends_as_one_without(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "stop.py").write_text(STOP_PLUGIN)
     monkeypatch.setenv("MMCORE_PLUGINS", str(tmp_path / "stop.py"))
@@ -205,8 +194,8 @@ def test_a_run_with_workers_stopped_and_resumed_ends_as_one_without(tmp_path: Pa
     result = runner.invoke(main, ["run", "--resume", str(run), *common[2:]])
     assert result.exit_code == 0, result.output
 
-    plain_results, plain_records = _results(tmp_path / "runs" / "w" / "plain")
-    results, records = _results(run)
+    plain_results, plain_records = comparable(tmp_path / "runs" / "w" / "plain")
+    results, records = comparable(run)
     assert plain_results["_stages"]["token"]["steps"] == 5 and "accuracy" in plain_results["vqa"]["metrics"]
     assert results == plain_results and records == plain_records  # every loss, step count and metric
     resolved = (run / "recipe.resolved.yaml").read_text()

@@ -36,6 +36,11 @@ console = _stdout_console()
 err_console = Console(stderr=True)
 
 
+def print_error(exc: MMCoreError) -> None:
+    """A user error as one red ``error:`` message on stderr (no traceback)."""
+    err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+
+
 class MMCoreGroup(click.Group):
     """A click group that turns user errors into a clear message and exit code 2, without a traceback."""
 
@@ -43,7 +48,7 @@ class MMCoreGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MMCoreError as exc:
-            err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+            print_error(exc)
             ctx.exit(exc.exit_code)
 
 
@@ -197,14 +202,28 @@ def _remove_unstarted(path: Path) -> None:
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @set_option
-def validate(recipe: str, overrides: tuple[str, ...]) -> None:
-    """Check a recipe (keys, plugin names, required fields, numbers, files) without training."""
-    _, _, resolved = prepare_recipe(recipe, overrides)
-    stages = " → ".join(s["name"] for s in resolved["stages"]) or "no pre-training"
-    console.print(f"[green]ok[/green] {recipe}: {stages}; {len(resolved['zero_shot'])} zero-shot, "
-                  f"{len(resolved['finetune'])} fine-tuning")
+def validate(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+    """Check recipes (keys, plugin names, required fields, numbers, files) without training.
+
+    Every RECIPE is checked (e.g. mmcore validate recipes/ablations/*.yaml); the exit code is 2 if any fails.
+    """
+    failed = 0
+    for recipe in recipes:
+        try:
+            _, _, resolved = prepare_recipe(recipe, overrides)
+        except MMCoreError as exc:
+            if len(recipes) == 1:
+                raise
+            failed += 1
+            print_error(exc)
+            continue
+        stages = " → ".join(s["name"] for s in resolved["stages"]) or "no pre-training"
+        console.print(f"[green]ok[/green] {escape(recipe)}: {escape(stages)}; {len(resolved['zero_shot'])} "
+                      f"zero-shot, {len(resolved['finetune'])} fine-tuning")
+    if failed:
+        raise MMCoreError(f"{failed} of {len(recipes)} recipes are invalid (each problem is listed above)")
 
 
 @main.command()

@@ -307,3 +307,16 @@ def test_headline_columns_read_the_fine_tuning_from_the_final_weights():
     assert run.value(vqa) == 0.5
     (early,) = [c for c in columns([run]) if c.name == "vqa_after_token"]
     assert run.value(early) == 0.1 and early.label == "vqa_after_token accuracy"
+
+
+def test_validate_takes_every_ablation_recipe_at_once(tmp_path):
+    # The README's command: one call over the whole directory; a bad file among good ones still fails the call.
+    recipes = [str(p) for p in ablation_files()]
+    result = CliRunner().invoke(main, ["validate", *recipes], terminal_width=240)
+    assert result.exit_code == 0, result.output
+    assert flat(result.output).count("ok ") == len(recipes) == 13
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nstages: [{name: s, data: {view: sentence}, tasks: {mlmm: {}}}]\n")
+    result = CliRunner().invoke(main, ["validate", recipes[0], str(bad)], terminal_width=240)
+    assert result.exit_code == 2
+    assert "ok " in result.output and "mlmm" in result.output and "1 of 2 recipes are invalid" in flat(result.output)

@@ -3,6 +3,7 @@ or import hard negatives."""
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from mmcore.data.hardneg import (
     read_vilbert_pool,
     save_hard_negatives,
 )
+from mmcore.data.hubness import balancing_weights, text_blind_loss
 from mmcore.data.images import image_decoder, list_images
 from mmcore.data.store import FeatureStore
 from mmcore.data.tsv import FEATURE_DTYPES, convert_tsv
@@ -218,6 +220,7 @@ def hard_negatives_command(paths: tuple[Path, ...], top: int, device: str, chunk
     save_hard_negatives(output, ids, pool)
     click.echo(f"wrote {output}: {len(ids):,} images × {pool.shape[1]} hard negatives "
                f"in {time.perf_counter() - start:.1f}s")
+    _echo_hubness(pool)
 
 
 def _import_vilbert(path: Path, stores: list[FeatureStore], output: Path, top: int) -> None:
@@ -232,3 +235,14 @@ def _import_vilbert(path: Path, stores: list[FeatureStore], output: Path, top: i
     pool = pool[:, :top]
     save_hard_negatives(output, ids, pool)
     click.echo(f"wrote {output}: {len(ids):,} images × {pool.shape[1]} hard negatives, imported from {path}")
+    _echo_hubness(pool)
+
+
+def _echo_hubness(pool: np.ndarray) -> None:
+    """How much the file's hubs let ITM_HS be learned from the image alone (mmcore.data.hubness)."""
+    if pool.size == 0:
+        return
+    uniform = text_blind_loss(pool)
+    balanced = text_blind_loss(pool, balancing_weights(pool, len(pool)))
+    click.echo(f"text-blind ITM_HS loss floor (ln 2 = {math.log(2):.3f}: the image alone says nothing): "
+               f"{uniform:.3f} with uniform draws, {balanced:.3f} with itm_hs balance_negatives: true")

@@ -105,7 +105,7 @@ def test_plugin_registers_all_eight_tasks() -> None:
     assert orders["titp"] == orders["tits"] == 10
     assert orders["ifrs"] == 20 and orders["mlm"] == orders["mrfr"] == orders["moc"] == 30
     assert registry.get("task", "moc").defaults == {"mask_prob": 0.15, "masked_only": True, "max_predictions": None}
-    assert registry.get("task", "itm_hs").defaults == {"replace_prob": 0.5, "top_m": 100}
+    assert registry.get("task", "itm_hs").defaults == {"replace_prob": 0.5, "top_m": 100, "balance_negatives": False}
 
 
 def test_tasks_do_not_own_the_backbone_and_a_full_stage_trains() -> None:
@@ -548,6 +548,21 @@ def test_itm_hs_draws_from_top_m_hard_negatives() -> None:
             assert out["img_id"] == "img0"
     assert abs(len(drawn) / 2000 - 0.5) < 0.04
     assert set(drawn) == {"img1", "img2", "img3"}
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_itm_hs_balance_negatives_draws_hubs_less(balance: bool) -> None:
+    # img3 is in three of the four lists, img1 in one: balanced, img0's negative is img1 with weight 1 and img3
+    # with weight 1/3 (3/4 and 1/4 of the draws); uniform, half each.
+    hard = {"img0": ["img1", "img3"], "img1": ["img3"], "img2": ["img3"], "img3": ["img0"]}
+    source = FakeSource(4, hard)
+    task = ITMHardSampleTask(INFO, TinyBackbone(), balance_negatives=balance)
+    rng = random.Random(3)
+    drawn = [out["img_id"] for out in (task.prepare(source[0], source, rng) for _ in range(6000))
+             if out["itm_label"] == 0]
+    share = drawn.count("img1") / len(drawn)
+    assert set(drawn) == {"img1", "img3"}
+    assert abs(share - (0.75 if balance else 0.5)) < 0.03
 
 
 def test_itm_hs_falls_back_to_a_random_other_image() -> None:

@@ -17,6 +17,7 @@ from mmcore.data.hardneg import (
     nearest_images,
     nearest_images_torch,
 )
+from mmcore.data.hubness import balancing_weights, text_blind_loss
 from mmcore.data.store import FeatureStore
 from mmcore.data.tsv import convert_tsv, encode_tsv_line
 from mmcore.errors import MMCoreError
@@ -218,6 +219,11 @@ def test_hard_negatives_cli_hand_computed(tmp_path: Path) -> None:
     assert "5 images × 3" in text
     with np.load(out, allow_pickle=False) as data:
         assert data["pool"].tolist() == TOP3 and data["image_ids"].tolist() == [f"img{i}" for i in range(5)]
+    # The hub report: the loss floors of mmcore.data.hubness for this pool, as printed (3 decimals).
+    uniform = text_blind_loss(np.array(TOP3))
+    balanced = text_blind_loss(np.array(TOP3), balancing_weights(np.array(TOP3), 5))
+    assert f"{uniform:.3f} with uniform draws, {balanced:.3f} with itm_hs balance_negatives: true" in text
+    assert uniform < balanced < 0.694  # image 4 is in no list: it is never mismatched
     assert load_hard_negatives(out)["img4"] == ["img3", "img2", "img1"]
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -20,6 +21,7 @@ from mmcore.api import (
     Task,
     init_bert_,
 )
+from mmcore.data.hubness import balancing_weights
 
 from .fields import FORWARD_FIELDS
 
@@ -55,12 +57,21 @@ class ITMTask(Task):
 
 
 class ITMHardSampleTask(ITMTask):
-    """ITM_HS: with ``replace_prob`` the image is one of its top-M hard negatives (a random image if none)."""
+    """ITM_HS: with ``replace_prob`` the image is one of its top-M hard negatives (a random image if none).
+
+    ``balance_negatives`` draws each hard negative in inverse proportion to the number of the view's top-M
+    lists it is in, instead of uniformly: hub images then stop being mostly mismatched, which otherwise lets the
+    classifier lower the loss from the image alone (:mod:`mmcore.data.hubness`).
+    """
 
     name: ClassVar[str] = "itm_hs"
     requires: ClassVar[frozenset[str]] = FORWARD_FIELDS | {"img_id"}
-    defaults: ClassVar[dict[str, Any]] = {"replace_prob": 0.5, "top_m": 100}
+    defaults: ClassVar[dict[str, Any]] = {"replace_prob": 0.5, "top_m": 100, "balance_negatives": False}
     order: ClassVar[int] = 0
+
+    def __init__(self, info: DataInfo, backbone: Backbone, **options: Any) -> None:
+        super().__init__(info, backbone, **options)
+        self._weights: dict[int, tuple[ExampleSource, dict[str, float]]] = {}  # id(source) -> (source, weights)
 
     def prepare(self, example: Example, source: ExampleSource, rng: random.Random) -> Example:
         """Maybe replace every visual field by a hard-negative image's; keep the text; set ``itm_label``."""
@@ -69,7 +80,9 @@ class ITMHardSampleTask(ITMTask):
             out["itm_label"] = MATCHED
             return out
         own = str(example["img_id"])
-        negative = _draw_negative(own, source, rng, int(self.options["top_m"]))
+        top_m = int(self.options["top_m"])
+        weights = self._balancing_weights(source, top_m) if self.options["balance_negatives"] else None
+        negative = _draw_negative(own, source, rng, top_m, weights)
         if negative is None:  # a view with a single image cannot make a mismatched pair
             out["itm_label"] = MATCHED
             return out
@@ -78,10 +91,33 @@ class ITMHardSampleTask(ITMTask):
         out["itm_label"] = MISMATCHED
         return out
 
+    def _balancing_weights(self, source: ExampleSource, top_m: int) -> dict[str, float]:
+        """1 / in-degree over the view's top-M lists, computed once per view (the source is kept, so its id
+        stays its own)."""
+        cached = self._weights.get(id(source))
+        if cached is None:
+            ids = list(source.image_ids())
+            hard = [_hard_set(source, img_id, top_m) for img_id in ids]
+            ids += sorted({h for row in hard for h in row} - set(ids))  # listed images outside the view
+            index = {img_id: k for k, img_id in enumerate(ids)}
+            members = np.array([index[h] for row in hard for h in row], dtype=np.int64)
+            weights = balancing_weights(members, len(ids))
+            cached = self._weights[id(source)] = (source, dict(zip(ids, weights.tolist())))
+        return cached[1]
 
-def _draw_negative(own: str, source: ExampleSource, rng: random.Random, top_m: int) -> str | None:
-    """Uniform over the first ``top_m`` hard negatives (the image itself dropped), else any other image."""
-    hard = [h for h in source.hard_negatives(own) if h != own][:top_m]
+
+def _hard_set(source: ExampleSource, own: str, top_m: int) -> list[str]:
+    """The first ``top_m`` hard negatives of ``own``, the image itself dropped."""
+    return [h for h in source.hard_negatives(own) if h != own][:top_m]
+
+
+def _draw_negative(own: str, source: ExampleSource, rng: random.Random, top_m: int,
+                   weights: Mapping[str, float] | None = None) -> str | None:
+    """One of the first ``top_m`` hard negatives (uniformly, or in proportion to ``weights``), else any other
+    image."""
+    hard = _hard_set(source, own, top_m)
+    if hard and weights is not None:
+        return rng.choices(hard, weights=[weights[h] for h in hard])[0]
     if hard:
         return hard[rng.randrange(len(hard))]
     ids: Sequence[str] = source.image_ids()

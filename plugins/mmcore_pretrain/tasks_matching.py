@@ -96,13 +96,10 @@ class ITMHardSampleTask(ITMTask):
         stays its own)."""
         cached = self._weights.get(id(source))
         if cached is None:
-            ids = list(source.image_ids())
-            hard = [_hard_set(source, img_id, top_m) for img_id in ids]
-            ids += sorted({h for row in hard for h in row} - set(ids))  # listed images outside the view
-            index = {img_id: k for k, img_id in enumerate(ids)}
-            members = np.array([index[h] for row in hard for h in row], dtype=np.int64)
-            weights = balancing_weights(members, len(ids))
-            cached = self._weights[id(source)] = (source, dict(zip(ids, weights.tolist())))
+            listed = [h for img_id in source.image_ids() for h in _hard_set(source, img_id, top_m)]
+            names, members = np.unique(np.array(listed, dtype=str), return_inverse=True)
+            weights = balancing_weights(members, len(names))
+            cached = self._weights[id(source)] = (source, dict(zip(names.tolist(), weights.tolist())))
         return cached[1]
 
 

@@ -1,8 +1,9 @@
 """Load a recipe: YAML files, ``include:`` chains, ``--set`` overrides, with every key traced to its file and line.
 
 Merge order (later wins), the one documented order: plugin defaults < included files (in the order listed,
-each after its own includes) < the recipe file itself < ``--set`` overrides. Mappings merge key by key; lists
-(``stages``, ``finetune``, ...) are replaced whole. Plugin defaults are applied by :mod:`mmcore.validate`.
+each after its own includes) < the recipe file itself < ``--set`` overrides. Mappings merge key by key, a
+``--set`` mapping value too (``--set key:=value`` replaces instead); lists (``stages``, ``finetune``, ...) are
+replaced whole. Plugin defaults are applied by :mod:`mmcore.validate`.
 """
 
 from __future__ import annotations
@@ -169,10 +170,16 @@ def _collect_lines(node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath, int], 
 
 
 def apply_override(recipe: Recipe, item: str) -> None:
-    """Apply one ``a.b.c=value`` override; list items are addressed by index or by their ``name``."""
+    """Apply one ``a.b.c=value`` override; list items are addressed by index or by their ``name``.
+
+    A mapping value merges key by key into the mapping already there (``backbone={hidden_size: 64}`` keeps the
+    backbone's ``name``); ``a.b:=value`` replaces it whole (``stages.x.tasks:={itc: {}}`` drops the other tasks).
+    """
     if "=" not in item:
         raise RecipeError(f"override {item!r} must look like key.path=value", file="--set")
     dotted, _, raw_value = item.partition("=")
+    replace = dotted.endswith(":")
+    dotted = dotted[:-1] if replace else dotted
     parts = [p for p in dotted.strip().split(".")]
     if not dotted.strip() or any(not p for p in parts):
         raise RecipeError(f"override {item!r} has an empty key", file="--set")
@@ -192,22 +199,36 @@ def apply_override(recipe: Recipe, item: str) -> None:
                                   file="--set", key=".".join(parts[: depth + 1]))
             resolved.append(str(index))
             if last:
-                node[index] = value
-            else:
-                node = node[index]
+                break
+            node = node[index]
         elif isinstance(node, dict):
             resolved.append(part)
             if last:
-                node[part] = value
-            else:
-                node = node.setdefault(part, {})
+                break
+            node = node.setdefault(part, {})
         else:
             raise RecipeError(f"cannot set {part!r} inside a {type(node).__name__}", file="--set",
                               key=".".join(parts[:depth]))
+    slot = int(resolved[-1]) if isinstance(node, list) else resolved[-1]
+    origins = {key: (f"--set {item}", None) for key in _leaf_keys(value, tuple(resolved))}
+    current = node[slot] if isinstance(node, list) else node.get(slot)
+    if not replace and isinstance(value, dict) and isinstance(current, dict):
+        _merge(current, value, recipe.origins, origins, tuple(resolved))
+        return
+    node[slot] = value
     key = tuple(resolved)
     for k in [k for k in recipe.origins if k[: len(key)] == key]:
         del recipe.origins[k]
-    recipe.origins[key] = (f"--set {item}", None)
+    recipe.origins.update(origins)
+
+
+def _leaf_keys(value: Any, key: KeyPath) -> list[KeyPath]:
+    """``key`` and the key path of everything inside a mapping ``value`` (for tracing an override's keys)."""
+    keys = [key]
+    if isinstance(value, dict):
+        for name, inner in value.items():
+            keys.extend(_leaf_keys(inner, (*key, str(name))))
+    return keys
 
 
 def _list_index(items: list[Any], part: str) -> int | None:

@@ -297,13 +297,16 @@ for _kind in ("task", "backbone", "dataset", "head", "logger"):
 
 @main.command(name="plugins")
 def plugins_command() -> None:
-    """List every plugin: where it came from, its distribution and version, and what it registered."""
+    """List every plugin: where it came from, its distribution and version, what it registered, or why it is
+    broken (failed to import) or disabled (MMCORE_DISABLE_PLUGINS)."""
     plugins = load_plugins()
     table = Table(title="plugins")
-    for column in ("plugin", "source", "module", "distribution", "version", "registered"):
+    for column in ("plugin", "source", "module", "distribution", "version", "status", "registered"):
         table.add_column(column)
     for info in plugins.infos.values():
-        table.add_row(info.name, info.source, info.module, info.distribution, info.version, ", ".join(info.registered))
+        status = f"[red]broken: {escape(info.error)}[/red]" if info.status == "broken" else info.status
+        table.add_row(info.name, info.source, info.module, info.distribution, info.version, status,
+                      ", ".join(info.registered))
     console.print(table)
 
 

@@ -32,9 +32,11 @@ class PluginError(MMCoreError):
 class UnknownNameError(MMCoreError):
     """A plugin name that nothing registered; the message lists what exists."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]):
+    def __init__(self, kind: str, name: str, known: Iterable[str], broken: Iterable[str] = ()):
         self.kind, self.name, self.known = kind, name, sorted(known)
-        super().__init__(f"unknown {kind} {name!r}{did_you_mean(name, self.known)}; known {kind}s: {', '.join(self.known) or '(none)'}")
+        hint = "".join(f"; {b}" for b in broken)
+        super().__init__(f"unknown {kind} {name!r}{did_you_mean(name, self.known)}; known {kind}s: "
+                         f"{', '.join(self.known) or '(none)'}{hint}")
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:

@@ -1,8 +1,12 @@
 """The plugin manager: entry points (group ``mmcore``), ``MMCORE_PLUGINS``, ``MMCORE_DISABLE_PLUGINS``, recipe files.
 
 ``MMCORE_PLUGINS`` is a comma-separated list of importable module names or ``.py`` file paths loaded in
-addition to the installed entry points. ``MMCORE_DISABLE_PLUGINS`` is a comma-separated list of plugin names
-(entry-point names, module names or file stems) that are not loaded.
+addition to the installed entry points. ``MMCORE_DISABLE_PLUGINS`` is a comma-separated list of plugins not to
+load: entry-point names, distribution names, module names or file stems; a name that matches none is warned about.
+
+An installed entry point that fails to import is contained: it is reported (entry point, module, distribution,
+the error) by ``mmcore plugins`` and in a one-line warning, everything else still loads, and asking for a name
+it may have registered fails naming it.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import importlib.metadata
 import os
 import sys
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +27,7 @@ from typing import Any
 import pluggy
 
 from mmcore import hookspecs
-from mmcore.errors import PluginError
+from mmcore.errors import PluginError, did_you_mean
 from mmcore.registry import Registry
 
 GROUP = "mmcore"
@@ -45,6 +51,13 @@ class PluginInfo:
     distribution: str = ""
     version: str = ""
     registered: list[str] = field(default_factory=list)
+    status: str = "loaded"  # "loaded", "broken" or "disabled"
+    error: str = ""  # why it is broken
+
+    def label(self) -> str:
+        """``plugin 'name' (distribution 1.0)``: how messages name this plugin."""
+        dist = f" ({self.distribution} {self.version})".replace(" )", ")") if self.distribution else ""
+        return f"plugin {self.name!r}{dist}"
 
 
 @dataclass
@@ -60,6 +73,25 @@ class Plugins:
         """The pluggy hook relay (``plugins.hook.mmcore_log(...)``)."""
         return self.manager.hook
 
+    def broken(self) -> list[PluginInfo]:
+        """The plugins that failed to import."""
+        return [info for info in self.infos.values() if info.status == "broken"]
+
+    def label(self, origin: str) -> str:
+        """How messages name the plugin ``origin`` (a registry entry's), with its distribution and version."""
+        info = self.infos.get(origin)
+        return info.label() if info is not None else f"plugin {origin!r}"
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr, once per process (plugins are loaded by several commands' paths)."""
+    if message not in _warned:
+        _warned.add(message)
+        sys.stderr.write(f"warning: {message}\n")
+
 
 def _disabled() -> set[str]:
     return {n.strip() for n in os.environ.get("MMCORE_DISABLE_PLUGINS", "").split(",") if n.strip()}
@@ -70,49 +102,88 @@ def load_plugins(extra: Iterable[str | Path] = (), extra_source: str = "recipe")
     manager = pluggy.PluginManager(GROUP)
     manager.add_hookspecs(hookspecs)
     disabled = _disabled()
-    for name in disabled:
-        manager.set_blocked(name)
     infos: dict[str, PluginInfo] = {}
-    try:
-        manager.load_setuptools_entrypoints(GROUP)
-    except Exception as exc:  # a broken third-party plugin must not look like an mmcore crash
-        raise PluginError(f"failed to load an entry-point plugin of group {GROUP!r}: {exc!r}") from exc
-    for plugin, dist in manager.list_plugin_distinfo():
-        name = manager.get_name(plugin) or getattr(plugin, "__name__", "?")
-        infos[name] = PluginInfo(name, "entry point", getattr(plugin, "__name__", "?"), dist.metadata["name"],
-                                 dist.version)
+    known = _load_entry_points(manager, infos, disabled)
     env_items = [i.strip() for i in os.environ.get("MMCORE_PLUGINS", "").split(",") if i.strip()]
     for item in env_items:
-        _register_extra(manager, infos, item, "MMCORE_PLUGINS", disabled)
+        known |= _register_extra(manager, infos, item, "MMCORE_PLUGINS", disabled)
     for item in extra:
-        _register_extra(manager, infos, str(item), extra_source, disabled)
+        known |= _register_extra(manager, infos, str(item), extra_source, disabled)
+    for name in sorted(disabled - known):
+        warn(f"MMCORE_DISABLE_PLUGINS names {name!r}, which is no plugin entry point, distribution, module or file "
+             f"here{did_you_mean(name, known)}; known: {', '.join(sorted(known))}")
     registry = Registry()
+    registry.labels.update({name: info.label() for name, info in infos.items()})
+    for info in infos.values():
+        if info.status == "broken":
+            registry.broken.append(f"{info.label()}, entry point {info.name} = {info.module}, failed to import "
+                                   f"({info.error}) and may have registered it")
+            warn(f"{info.label()} is broken and was not loaded: entry point {info.name} = {info.module}: {info.error} "
+                 "(mmcore plugins lists it)")
     for kind, hook_name in REGISTER_HOOKS.items():
         for impl in getattr(manager.hook, hook_name).get_hookimpls():
-            scoped = registry.scoped(impl.plugin_name)
-            before = {e.name for e in registry.entries(kind)}
-            try:
-                impl.function(*[scoped for _ in impl.argnames])
-            except PluginError:
-                raise
-            except Exception as exc:
-                raise PluginError(f"plugin {impl.plugin_name!r} failed in {hook_name}: {exc!r}") from exc
-            added = sorted({e.name for e in registry.entries(kind)} - before)
-            info = infos.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name, "other", impl.plugin_name))
-            info.registered.extend(f"{kind} {n}" for n in added)
+            _call_register(registry, infos, kind, hook_name, impl)
     return Plugins(manager, registry, infos)
 
 
+def _load_entry_points(manager: pluggy.PluginManager, infos: dict[str, PluginInfo], disabled: set[str]) -> set[str]:
+    """Import and register every ``mmcore`` entry point not disabled; keep a broken one as a ``broken`` info.
+    Returns every name ``MMCORE_DISABLE_PLUGINS`` could use for them (entry points, distributions, modules)."""
+    known: set[str] = set()
+    for dist in importlib.metadata.distributions():
+        dist_name = dist.metadata["name"] or "?"
+        for ep in dist.entry_points:
+            if ep.group != GROUP or ep.name in infos:  # the first on sys.path wins, as Python imports it
+                continue
+            known |= {ep.name, dist_name, ep.module}
+            info = PluginInfo(ep.name, "entry point", ep.value, dist_name, dist.version or "")
+            infos[ep.name] = info
+            if {ep.name, dist_name, ep.module} & disabled:
+                info.status = "disabled"
+                continue
+            try:
+                manager.register(ep.load(), name=ep.name)
+            except Exception as exc:  # contained: one broken installed package must not stop every command
+                info.status, info.error = "broken", _describe(exc)
+    return known
+
+
+def _describe(exc: BaseException) -> str:
+    """``ImportError: No module named 'x' (at module.py:3)``: the error and the deepest frame that raised it."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    at = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{at}"
+
+
+def _call_register(registry: Registry, infos: dict[str, PluginInfo], kind: str, hook_name: str, impl: Any) -> None:
+    """Run one plugin's registration hook; record what it added."""
+    scoped = registry.scoped(impl.plugin_name)
+    before = {e.name for e in registry.entries(kind)}
+    info = infos.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name, "other", impl.plugin_name))
+    try:
+        impl.function(*[scoped for _ in impl.argnames])
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{info.label()} failed in {hook_name}: {_describe(exc)}") from exc
+    added = sorted({e.name for e in registry.entries(kind)} - before)
+    info.registered.extend(f"{kind} {n}" for n in added)
+
+
 def _register_extra(manager: pluggy.PluginManager, infos: dict[str, PluginInfo], item: str, source: str,
-                    disabled: set[str]) -> None:
-    module = _import_plugin(item, source)
+                    disabled: set[str]) -> set[str]:
+    """Import and register a module or file plugin unless disabled; the names that could disable it."""
     name = Path(item).stem if item.endswith(".py") else item
-    if name in disabled or module.__name__ in disabled:
-        return
+    if name in disabled:
+        return {name}
+    module = _import_plugin(item, source)
+    if module.__name__ in disabled:
+        return {name, module.__name__}
     if manager.is_registered(module) or manager.get_plugin(name) is not None:
-        return
+        return {name, module.__name__}
     manager.register(module, name=name)
     infos[name] = PluginInfo(name, source, module.__name__, "", str(getattr(module, "__version__", "")))
+    return {name, module.__name__}
 
 
 def _import_plugin(item: str, source: str) -> ModuleType:

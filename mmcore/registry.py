@@ -26,24 +26,33 @@ class Entry:
 
 
 class Registry:
-    """Named factories by kind; registering a name twice is an error that names both plugins."""
+    """Named factories by kind; registering a name twice is an error that names both plugins.
+
+    ``labels`` maps a plugin name to how messages name it (with its distribution and version); ``broken``
+    describes plugins that failed to import, which an unknown name's error mentions (they may have registered it).
+    """
 
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self._origin = "<direct>"
+        self.labels: dict[str, str] = {}
+        self.broken: list[str] = []
 
     def scoped(self, origin: str) -> Registry:
         """A view of this registry that records ``origin`` as the registering plugin."""
         view = object.__new__(Registry)
-        view._entries, view._origin = self._entries, origin
+        view._entries, view._origin, view.labels, view.broken = self._entries, origin, self.labels, self.broken
         return view
+
+    def label(self, origin: str) -> str:
+        """How messages name plugin ``origin``: ``plugin 'x' (distribution 1.0)`` when its distribution is known."""
+        return self.labels.get(origin, f"plugin {origin!r}")
 
     def _add(self, entry: Entry) -> None:
         existing = self._entries[entry.kind].get(entry.name)
         if existing is not None:
-            raise PluginError(
-                f"{entry.kind} {entry.name!r} is registered twice: by plugin {existing.origin!r} and by plugin {entry.origin!r}"
-            )
+            raise PluginError(f"{entry.kind} {entry.name!r} is registered twice: by {self.label(existing.origin)} and "
+                              f"by {self.label(entry.origin)}; uninstall one or disable it with MMCORE_DISABLE_PLUGINS")
         self._entries[entry.kind][entry.name] = entry
 
     def add_backbone(self, name: str, factory: Callable[..., Any], defaults: dict[str, Any] | None = None,
@@ -87,7 +96,7 @@ class Registry:
         try:
             return self._entries[kind][name]
         except KeyError:
-            raise UnknownNameError(kind, name, self._entries[kind]) from None
+            raise UnknownNameError(kind, name, self._entries[kind], self.broken) from None
 
     def names(self, kind: str) -> list[str]:
         """Sorted names of one kind."""

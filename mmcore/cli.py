@@ -125,8 +125,12 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
 @click.option("--quiet", is_flag=True, help="No progress output; only the results table.")
 @click.option("--logger", "loggers", multiple=True, metavar="NAME",
               help="Also log metrics with this logger, default options (as in the recipe's loggers:; repeatable).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Intra-op CPU threads (default: OMP_NUM_THREADS, the recipe's threads, else the CPUs this process "
+                   "may use: affinity and cgroup quota).")
 def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | None, run_name: str | None,
-        output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool, loggers: tuple[str, ...]) -> None:
+        output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool, loggers: tuple[str, ...],
+        threads: int | None) -> None:
     """Run a recipe: pre-training stages, zero-shot evaluations, fine-tunings, then a results table.
 
     Several RECIPES run one after another, each into OUTPUT_DIR/<name>/...: a recipe whose run there is
@@ -136,7 +140,7 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | Non
     from mmcore.rundir import RunDir, atomic_write_text
 
     if len(recipes) > 1:
-        _run_many(recipes, overrides, resume, run_name, output_dir, overwrite, cache_dir, quiet, loggers)
+        _run_many(recipes, overrides, resume, run_name, output_dir, overwrite, cache_dir, quiet, loggers, threads)
         return
     recipe = recipes[0] if recipes else None
     if resume is not None:
@@ -152,7 +156,7 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | Non
     reporter = Reporter(err_console, quiet=quiet)
     reporter.message(f"[bold]mmcore[/bold] run [cyan]{resolved['name']}[/cyan] → {run_dir.path}")
     try:
-        results = Engine(resolved, plugins, run_dir, reporter, cache_dir).execute()
+        results = Engine(resolved, plugins, run_dir, reporter, cache_dir, threads).execute()
     except MMCoreError:
         if resume is None and run_dir.main:
             _remove_unstarted(run_dir.path)
@@ -167,7 +171,7 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | Non
 
 def _run_many(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | None, run_name: str | None,
               output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool,
-              loggers: tuple[str, ...] = ()) -> None:
+              loggers: tuple[str, ...] = (), threads: int | None = None) -> None:
     from mmcore import distributed
     from mmcore.runmany import run_many
 
@@ -177,7 +181,7 @@ def _run_many(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path
     # Every recipe is checked before the first one trains.
     prepared = [prepare_recipe(path, overrides, loggers)[1:] for path in recipes]
     outcomes = run_many(prepared, output_dir=output_dir, run_name=run_name, overwrite=overwrite,
-                        cache_dir=cache_dir, reporter=Reporter(err_console, quiet=quiet))
+                        cache_dir=cache_dir, reporter=Reporter(err_console, quiet=quiet), threads=threads)
     if not distributed.current().is_main:  # under torchrun, rank 0 prints the table
         return
     rows = [[o.name, o.status, str(o.path)] for o in outcomes]

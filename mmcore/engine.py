@@ -28,6 +28,7 @@ from mmcore.plugins import Plugins
 from mmcore.progress import Reporter
 from mmcore.rundir import RunDir, fingerprint
 from mmcore.summary import write_summary
+from mmcore.threads import apply_threads, choose_threads
 from mmcore.training import (
     EpochSampler,
     MixedExamples,
@@ -94,7 +95,7 @@ class Engine:
     """Runs one resolved recipe into one run directory."""
 
     def __init__(self, recipe: dict[str, Any], plugins: Plugins, run: RunDir, reporter: Reporter,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, threads: int | None = None) -> None:
         self.dist = distributed.setup()
         # Progress and messages from rank 0 only; the others would repeat them.
         reporter = reporter if self.dist.is_main else Reporter(reporter.console, quiet=True)
@@ -105,6 +106,15 @@ class Engine:
         self.seed = int(recipe["seed"])
         self._datasets: dict[str, Dataset] = {}
         self.results: dict[str, Any] = run.read_results()
+        self._use_threads(threads)
+
+    def _use_threads(self, cli: int | None) -> None:
+        """Choose and set the intra-op thread count (``--threads``, ``OMP_NUM_THREADS``, the recipe's ``threads``, else
+        the CPUs this process may use); recorded in ``results.json`` under ``_run``."""
+        choice = choose_threads(cli=cli, recipe=self.recipe.get("threads"))
+        apply_threads(choice)
+        self.results.setdefault("_run", {})["threads"] = choice.record()
+        self.reporter.message(f"[dim]{choice.threads} intra-op thread(s) ({choice.source})[/dim]")
 
     # ----- data -------------------------------------------------------------------------------------------
     def dataset(self, name: str) -> Dataset:

@@ -3,7 +3,7 @@
 A run directory is *complete* when its ``results.json`` records every stage (``_stages``) and every zero-shot and
 fine-tuning entry its ``recipe.resolved.yaml`` names: exactly what the engine itself skips on ``--resume``.
 Two resolved recipes are the same run when they agree on everything but the keys that cannot change a result
-(loggers, data-loader workers, checkpoint frequency), so adding a logger or workers to a batch, or a mmcore that
+(loggers, data-loader workers, checkpoint frequency, threads), so adding a logger or workers to a batch, or a mmcore that
 writes a new such key, still finds the earlier runs.
 """
 
@@ -23,7 +23,7 @@ from mmcore.validate import strip_private
 
 RESOLVED = "recipe.resolved.yaml"
 # Keys (at the top, in stages and in fine-tunings) that change how a run goes, not what it computes.
-OPERATIONAL_KEYS = frozenset({"loggers", "num_workers", "checkpoint_every"})
+OPERATIONAL_KEYS = frozenset({"loggers", "num_workers", "checkpoint_every", "threads"})
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _results_part(node: Any) -> Any:
 
 
 def run_many(prepared: Sequence[tuple[Plugins, dict[str, Any]]], *, output_dir: Path | None, run_name: str | None,
-             overwrite: bool, cache_dir: Path | None, reporter: Reporter) -> list[Outcome]:
+             overwrite: bool, cache_dir: Path | None, reporter: Reporter, threads: int | None = None) -> list[Outcome]:
     """Run each (plugins, resolved recipe) into ``<output dir>/<name>/...`` in turn; skip complete, resume partial."""
     from mmcore.engine import Engine
     from mmcore.rundir import RunDir, atomic_write_text
@@ -140,6 +140,6 @@ def run_many(prepared: Sequence[tuple[Plugins, dict[str, Any]]], *, output_dir: 
             run_dir, status = RunDir.create(parent, name, run_name, overwrite), "new"
             atomic_write_text(run_dir.path / RESOLVED, text)
         reporter.message(f"{head} → {run_dir.path}" + (" (resuming)" if status == "resumed" else ""))
-        Engine(resolved, plugins, run_dir, reporter, cache_dir).execute()
+        Engine(resolved, plugins, run_dir, reporter, cache_dir, threads).execute()
         outcomes.append(Outcome(name, status, run_dir.path))
     return outcomes

@@ -30,6 +30,7 @@ TOP_KEYS = {
     "log_every": "log training metrics every N steps",
     "checkpoint_every": "also checkpoint inside a stage or fine-tuning every N steps (0: only at its end)",
     "num_workers": "data-loader worker processes reading examples (0: read in the training process)",
+    "threads": "intra-op CPU threads (default: the CPUs this process may use; --threads and OMP_NUM_THREADS override)",
     "eval_batch_size": "batch size for evaluation",
     "precision": "fp32 | bf16 (bf16 autocast for training and evaluation)",
     "compile": "torch.compile the backbone (true | false)",
@@ -79,6 +80,9 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     }
     if "description" in data:
         out["description"] = data["description"]
+    if "threads" in data:  # only when given, so that the resolved text of recipes without it is unchanged
+        out["threads"] = data["threads"]
+        c.number(out["threads"], ("threads",), integer=True, minimum=1)
     c.number(out["seed"], ("seed",), integer=True, minimum=0)
     c.number(out["log_every"], ("log_every",), integer=True, minimum=1)
     c.number(out["checkpoint_every"], ("checkpoint_every",), integer=True, minimum=0)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mmcore.api import Batch, Example, ExampleSource
 from mmcore.data.store import FeatureStore, close_open_stores
 from mmcore.errors import MMCoreError
+from mmcore.threads import worker_threads
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -66,6 +67,7 @@ def _as_list(items: list[Any]) -> list[Any]:
 
 def _worker_init(worker_id: int) -> None:
     close_open_stores(inherited_only=True)  # a worker reads through handles of its own, opened lazily
+    worker_threads()
 
 
 def stores_of(views: Sequence[Any]) -> list[FeatureStore]:

@@ -376,12 +376,18 @@ class Engine:
 
     def _zero_shot(self, item: dict[str, Any], state: dict[str, Any], pretrained: dict[str, Task]) -> dict[str, Any]:
         backbone = self.pretrained_backbone(state)
-        head = self.build_head(item, pretrained, backbone.hidden_size)
+        # Only the tasks the start stage itself trained match its weights: a head left over from an earlier stage
+        # was trained against a backbone that has moved on since (the paper's S -> P -> T has no zero-shot score).
+        own = next((list(s["tasks"]) for s in self.recipe["stages"] if s["name"] == state.get("stage")), [])
+        head = self.build_head(item, {n: t for n, t in pretrained.items() if n in own}, backbone.hidden_size)
         split = item["data"][0]["split"]
         base = {"kind": "zero_shot", "head": item["head"], "split": split}
         if not head.zero_shot_ready:
-            self.reporter.message(f"[yellow]zero-shot {item['name']}: skipped (no pre-trained head to start from)[/yellow]")
-            return {**base, "skipped": "no pre-trained head for zero-shot (e.g. no ITM task was trained)"}
+            why = ("nothing was pre-trained" if state.get("stage") is None else
+                   f"stage {state['stage']!r}, whose weights it starts from, trained no task the {item['head']!r} "
+                   f"head can start from (it trained {', '.join(own) or 'none'})")
+            self.reporter.message(f"[yellow]zero-shot {item['name']}: skipped: no zero-shot head ({why})[/yellow]")
+            return {**base, "skipped": f"no zero-shot head: {why}"}
         metrics = self.dist.on_main(lambda: self.evaluate(head, backbone, item, split, self.scratch(item["name"])))  # rank 0 evaluates
         return {**base, "metrics": metrics}
 

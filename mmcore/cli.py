@@ -272,22 +272,15 @@ def params(recipe: str, overrides: tuple[str, ...], cache_dir: Path | None) -> N
     console.print(table)
 
 
-def _list(kind: str) -> None:
+def _list(kind: str, verbose: bool) -> None:
+    from mmcore.describe import entries_table, long_form
+
     plugins = load_plugins()
-    table = Table(title=f"{kind}s")
-    table.add_column("name")
-    table.add_column("plugin")
-    table.add_column("requires" if kind in ("task", "head") else ("views" if kind == "dataset" else "options"))
-    table.add_column("description")
-    for entry in plugins.registry.entries(kind):
-        if kind in ("task", "head"):
-            extra = ", ".join(sorted(entry.requires))
-        elif kind == "dataset":
-            extra = ", ".join(entry.provides)
-        else:
-            extra = ", ".join(entry.defaults)
-        table.add_row(entry.name, entry.origin, extra, entry.description)
-    console.print(table)
+    entries = list(plugins.registry.entries(kind))
+    if not verbose:
+        console.print(entries_table(kind, entries))
+    for entry in entries if verbose else ():
+        console.print(long_form(entry, plugins.label(entry.origin)))
 
 
 for _kind in ("task", "backbone", "dataset", "head", "logger"):
@@ -297,6 +290,25 @@ for _kind in ("task", "backbone", "dataset", "head", "logger"):
             _list(kind)
         return _command
     _make(_kind)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["backbone", "task", "dataset", "head", "extractor", "logger"]),
+              help="Only entries of this kind (when several kinds share the name).")
+def describe(name: str, kind: str | None) -> None:
+    """Describe a registered backbone, task, dataset, head, extractor or logger: its docstring, every option with
+    its type and default, the batch fields it needs or provides, and the plugin (distribution, version)."""
+    from mmcore.describe import find, long_form
+    from mmcore.errors import UnknownNameError
+
+    plugins = load_plugins()
+    entries = find(plugins.registry, name, kind)
+    if not entries:
+        known = {e.name for e in plugins.registry.entries(kind)}
+        raise UnknownNameError(kind or "plugin entry", name, known, plugins.registry.broken)
+    for entry in entries:
+        console.print(long_form(entry, plugins.label(entry.origin)))
 
 
 @main.command(name="plugins")

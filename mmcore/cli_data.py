@@ -156,11 +156,18 @@ def _rate(images: int, seconds: float) -> str:
 
 
 @data.command(name="extractors")
-def extractors_command() -> None:
-    """List the registered extractors and their options."""
-    for entry in load_plugins().registry.entries("extractor"):
-        options = ", ".join(f"{k}={v!r}" for k, v in entry.defaults.items()) or "no options"
-        click.echo(f"{entry.name} ({entry.origin}): {entry.description}\n    {options}")
+@click.option("--verbose", "-v", is_flag=True, help="The long form: each one's docstring and option table.")
+def extractors_command(verbose: bool) -> None:
+    """List the registered extractors with their options (type, default); --verbose for the long form."""
+    from mmcore.describe import entries_table, long_form
+
+    console = Console(width=max(Console().width, 160))  # piped output keeps whole columns
+    plugins = load_plugins()
+    entries = list(plugins.registry.entries("extractor"))
+    if not verbose:
+        console.print(entries_table("extractor", entries))
+    for entry in entries if verbose else ():
+        console.print(long_form(entry, plugins.label(entry.origin)))
 
 
 @data.command(name="hard-negatives")

@@ -253,3 +253,14 @@ def _echo_hubness(pool: np.ndarray) -> None:
     balanced = text_blind_loss(pool, balancing_weights(pool, len(pool)))
     click.echo(f"text-blind ITM_HS loss floor (ln 2 = {math.log(2):.3f}: the image alone says nothing): "
                f"{uniform:.3f} with uniform draws, {balanced:.3f} with itm_hs balance_negatives: true")
+
+
+def _add_dataset_commands() -> None:
+    """``mmcore data prepare`` and ``mmcore data check`` live in their own module (mmcore.cli_prepare)."""
+    from mmcore.cli_prepare import check_command, prepare_command
+
+    data.add_command(prepare_command)
+    data.add_command(check_command)
+
+
+_add_dataset_commands()

@@ -98,11 +98,13 @@ class AnswerHead(Head):
         count = 0
         answer_ids: list[Tensor] = []
         question_ids: list[Tensor | Sequence[QuestionId]] = []
+        all_scores: list[Tensor] = []
         for batch in ctx.batches(view, self.name):  # type: ignore[arg-type]  # a view is a sequence of examples
             logits = self.logits(backbone, batch)
             scores = self.question_scores(logits, batch[self.target_field])
             # Accumulate on the device: a .item() per batch would stall the GPU every step.
             total += scores.sum(dtype=torch.float64)
+            all_scores.append(scores)
             answer_ids.append(logits.argmax(dim=-1))
             question_ids.append(batch.get("question_id", range(count, count + scores.shape[0])))
             count += scores.shape[0]
@@ -111,7 +113,7 @@ class AnswerHead(Head):
         answers = [self.answers[i] for i in torch.cat(answer_ids).tolist()]
         ids = [q for chunk in question_ids for q in (chunk.tolist() if isinstance(chunk, Tensor) else chunk)]
         self.predictions = list(zip(ids, answers))
-        return {"accuracy": float(total) / count}
+        return {"accuracy": float(total) / count, **_view_baselines(view, torch.cat(all_scores).tolist())}
 
     def write_answers(self, path: Path, predictions: Sequence[tuple[QuestionId, str]]) -> Path:
         """Write (question id, answer) pairs in this benchmark's prediction format; returns the path."""
@@ -122,6 +124,24 @@ class AnswerHead(Head):
         if not self.predictions:
             return None
         return self.write_answers(Path(directory) / PREDICTIONS_JSON, self.predictions)
+
+
+def _view_baselines(view: ExampleSource, scores: list[float]) -> dict[str, float]:
+    """What a view offers to compare with (optional attributes): ``question_only``, the score of answering
+    each question with its most frequent training answer, and ``question_types`` (one per example), giving one
+    ``accuracy_<type>`` per type."""
+    out: dict[str, float] = {}
+    baseline = getattr(view, "question_only", None)
+    if baseline is not None:
+        out["question_only"] = float(baseline)
+    types = getattr(view, "question_types", None)
+    if types is not None and len(types) == len(scores):
+        per_type: dict[str, list[float]] = {}
+        for qtype, score in zip(types, scores):
+            if qtype is not None:
+                per_type.setdefault(str(qtype), []).append(score)
+        out.update({f"accuracy_{t}": sum(v) / len(v) for t, v in sorted(per_type.items())})
+    return out
 
 
 class VQAHead(AnswerHead):

@@ -1,0 +1,163 @@
+"""The ``pairs`` dataset on a drawn image set: mmcore data prepare -> check -> new recipe -> a tiny run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import invoke
+from shapes import write_source
+
+pytest.importorskip("PIL")
+
+COUNTS = {"train": 120, "val": 40, "test": 40}  # 200 images, 600 questions
+GRID = ["--extractor", "grid", "--option", "feature_dim=32", "--option", "grid_size=3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(source folder, prepared dataset directory) of 200 drawn images."""
+    base = tmp_path_factory.mktemp("pairs")
+    source = write_source(base / "source", COUNTS, seed=0)
+    invoke(["data", "prepare", str(source), str(base / "ready"), *GRID])
+    return source, base / "ready"
+
+
+def test_prepare_writes_a_complete_dataset_directory(drawn: tuple[Path, Path]) -> None:
+    _, ready = drawn
+    manifest = json.loads((ready / "dataset.json").read_text())
+    assert manifest["images"] == 200 and manifest["feature_dim"] == 32 and manifest["max_regions"] == 9
+    assert manifest["counts"]["vqa"] == {"train": 360, "val": 120, "test": 120}
+    # Every split numbers its images from 0: the ids keep the split folder, so nothing collides.
+    ids = json.loads((ready / "annotations.json").read_text())["vqa"]["test"][0]["images"]
+    assert ids == ["test/0"]
+    answers = json.loads((ready / "answers_vqa.json").read_text())
+    assert {"yes", "no", "red", "circle", "triangle"} <= set(answers) and len(answers) == 13
+    vocab = (ready / "vocab.txt").read_text().split()
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and "triangle" in vocab
+    assert (ready / "hard_negatives.npz").is_file() and not list(ready.parent.glob("*.partial"))
+
+
+def test_check_reports_counts_coverage_and_the_question_only_baseline(drawn: tuple[Path, Path]) -> None:
+    source, ready = drawn
+    report = json.loads(invoke(["data", "check", str(ready), "--json"]))
+    assert report["counts"]["captions"] == {"train": 240, "val": 80, "test": 80}
+    assert report["unknown_images"] == [] and report["coverage"]["vqa"]["test"] == 1.0
+    base = report["question_only"]["vqa"]["test"]
+    # Colour questions cannot be answered without the image: the prior is near chance (1/8), yes/no near 1/2.
+    assert base["colour"] < 0.3 and 0.3 < base["yes/no"] < 0.75 and 0.2 < base["all"] < 0.5
+    assert report["chance"]["vqa"] == {"colour": 0.125, "shape": 1 / 3, "yes/no": 0.5}
+    # The source folder gives the same report before anything is extracted.
+    assert json.loads(invoke(["data", "check", str(source), "--json"]))["question_only"] == report["question_only"]
+
+
+def test_an_image_id_collision_is_rejected_naming_both_files(drawn: tuple[Path, Path], tmp_path: Path) -> None:
+    source, _ = drawn
+    copy = Path(shutil.copytree(source, tmp_path / "source"))
+    shutil.copyfile(copy / "images/train/3.png", copy / "images/train/3.jpg")
+    out = invoke(["data", "check", str(copy)], code=2)
+    assert "images/train/3.jpg" in out and "images/train/3.png" in out and "Traceback" not in out
+    out = invoke(["data", "prepare", str(copy), str(tmp_path / "ready"), *GRID], code=2)
+    assert "images/train/3.jpg" in out and not (tmp_path / "ready").exists()
+
+
+def test_a_question_id_given_twice_is_rejected_naming_both_places(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "s", {"train": 4, "val": 2}, seed=1)
+    (source / "gqa_train.jsonl").write_text('{"image": "train/0", "question": "q?", "answer": "a", "id": 7}\n')
+    (source / "gqa.jsonl").write_text("")
+    out = invoke(["data", "check", str(source)], code=2)
+    assert "gqa.jsonl and gqa_<split>.jsonl" in out
+    (source / "gqa.jsonl").unlink()
+    (source / "gqa_val.jsonl").write_text('{"image": "val/0", "question": "q?", "answer": "a", "id": 7}\n')
+    (source / "gqa_train.jsonl").write_text('{"image": "train/0", "question": "q?", "answer": "a", "id": 7}\n'
+                                            '{"image": "train/1.png", "question": "r?", "answer": "b", "id": "7"}\n')
+    out = invoke(["data", "check", str(source)], code=2)
+    assert "gqa_train.jsonl:1 and" in out and "gqa_train.jsonl:2" in out
+
+
+def test_bad_records_name_file_line_and_key(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "s", {"train": 3}, seed=2)
+    with open(source / "vqa.jsonl", "a") as f:
+        f.write('{"image": "train/0", "question": "how many?", "answer": ["two"], "split": "train"}\n')
+    out = invoke(["data", "check", str(source)], code=2)
+    assert "vqa.jsonl:10: unknown key(s) answer" in out
+    lines = (source / "vqa.jsonl").read_text().splitlines()
+    (source / "vqa.jsonl").write_text("\n".join([*lines[:-1], lines[0].replace("train/0", "train/99")]) + "\n")
+    out = invoke(["data", "check", str(source)], code=2)
+    assert "1 annotation(s) name an unknown image" in out and "vqa.jsonl:10: 'train/99'" in out
+
+
+def test_prepare_resumes_an_interrupted_extraction(tmp_path: Path) -> None:
+    from mmcore.data.prepare import PrepareOptions, prepare
+    from mmcore.progress import Reporter
+    from mmcore_extractors.grid import GridExtractor
+
+    source = write_source(tmp_path / "s", {"train": 40, "val": 8}, seed=3)
+    calls: list[int] = []
+
+    class Interrupted(GridExtractor):
+        fail_at = 3
+
+        def extract(self, images):  # type: ignore[no-untyped-def]
+            calls.append(len(images))
+            if len(calls) == self.fail_at:
+                raise KeyboardInterrupt
+            return super().extract(images)
+
+    extractor = Interrupted({"feature_dim": 16, "grid_size": 2})
+    options = PrepareOptions(extractor=extractor, shard_size=10)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(source, tmp_path / "ready", options, Reporter(quiet=True))
+    assert not (tmp_path / "ready").exists() and len(list((tmp_path / "ready.partial/shards").glob("*.npz"))) == 2
+    Interrupted.fail_at = 0
+    calls.clear()
+    prepare(source, tmp_path / "ready", options, Reporter(quiet=True))
+    assert calls == [10, 10, 8]  # the two finished shards were kept
+    assert json.loads((tmp_path / "ready/dataset.json").read_text())["images"] == 48
+
+
+def test_new_recipe_pretrains_and_finetunes_on_the_dataset(drawn: tuple[Path, Path], tmp_path: Path) -> None:
+    _, ready = drawn
+    recipe = tmp_path / "mine.yaml"
+    invoke(["new", "recipe", "--dataset", str(ready), "--output", str(recipe)])
+    data = yaml.safe_load(recipe.read_text())
+    assert [s["name"] for s in data["stages"]] == ["phrase", "sentence"]  # no detector labels: no token stage
+    assert [f["name"] for f in data["finetune"]] == ["vqa", "retrieval"]
+    assert data["datasets"] == {"pairs": {"root": str(ready.resolve())}}
+    tiny = ["--set", "backbone.hidden_size=32", "--set", "backbone.num_attention_heads=2",
+            "--set", "backbone.intermediate_size=64", "--set", "backbone.x_layers=1",
+            *(x for s in ("stages.phrase", "stages.sentence", "finetune.vqa", "finetune.retrieval")
+              for x in ("--set", f"{s}.epochs=1"))]
+    invoke(["run", str(recipe), *tiny, "--output-dir", str(tmp_path), "--run-name", "a", "--cache-dir",
+            str(tmp_path / "cache"), "--quiet"])
+    results = json.loads((tmp_path / "mine/a/results.json").read_text())
+    assert set(results["_stages"]) == {"phrase", "sentence"}
+    vqa = results["vqa"]["metrics"]
+    # The results carry the question-only baseline and the accuracy per question type beside the accuracy.
+    report = json.loads(invoke(["data", "check", str(ready), "--json"]))
+    assert vqa["question_only"] == pytest.approx(report["question_only"]["vqa"]["test"]["all"])
+    assert {"accuracy", "accuracy_colour", "accuracy_shape", "accuracy_yes/no"} <= set(vqa)
+    assert "ir_r1" in results["retrieval"]["metrics"]
+
+
+def test_a_source_folder_is_prepared_on_first_use_and_cached(drawn: tuple[Path, Path], tmp_path: Path) -> None:
+    from mmcore_pairs.dataset import Pairs
+
+    source, _ = drawn
+    options = {"root": str(source), "extractor_options": {"feature_dim": 16, "grid_size": 2}}
+    first = Pairs(options, tmp_path)
+    first.prepare()
+    assert first.directory.parent == tmp_path / "pairs" and first.info().answers["vqa"][:2] in (("yes", "no"),
+                                                                                              ("no", "yes"))
+    stamp = (first.directory / "features.h5").stat().st_mtime_ns
+    again = Pairs(options, tmp_path)
+    again.prepare()
+    assert again.directory == first.directory and (again.directory / "features.h5").stat().st_mtime_ns == stamp
+    view = again.view("vqa", "val")
+    assert len(view) == 120 and view[0]["visual_feats"].shape == (4, 16)
+    with pytest.raises(Exception, match="detector labels"):
+        again.view("token", "train")

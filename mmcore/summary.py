@@ -14,7 +14,8 @@ from mmcore.rundir import RunDir, atomic_write_text
 METRIC_ORDER = ["accuracy", "question_only", "ir_r1", "ir_r5", "ir_r10", "tr_r1", "tr_r5", "tr_r10", "ir_mean",
                 "tr_mean", "tr_first_caption_r1", "tr_first_caption_r5", "tr_first_caption_r10"]
 METRIC_LABELS = {"accuracy": "Acc", "question_only": "Q-only", "ir_r1": "IR R@1", "ir_r5": "IR R@5",
-                 "ir_r10": "IR R@10", "tr_r1": "TR R@1", "tr_r5": "TR R@5", "tr_r10": "TR R@10", "ir_mean": "IR avg", "tr_mean": "TR avg",
+                 "ir_r10": "IR R@10", "tr_r1": "TR R@1", "tr_r5": "TR R@5", "tr_r10": "TR R@10", "ir_mean": "IR avg",
+                 "tr_mean": "TR avg",
                  "tr_first_caption_r1": "TR-1st R@1", "tr_first_caption_r5": "TR-1st R@5",
                  "tr_first_caption_r10": "TR-1st R@10"}
 

@@ -35,6 +35,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mmcore.errors import OptionError
+
+__all__ = [
+    "PAIR_FIELDS", "TEXT_FIELDS", "IMAGE_FIELDS", "SECOND_IMAGE_SUFFIX", "SECOND_IMAGE_FIELDS", "Batch", "Example",
+    "DataInfo", "BackboneOutput", "Backbone", "BackboneFactory", "ExampleSource", "Task", "EvalContext", "Head",
+    "Dataset", "OptionError", "init_bert_", "as_float_array",
+]
+
 Batch = dict[str, Any]
 Example = dict[str, Any]
 
@@ -161,6 +169,11 @@ class Task(nn.Module):
         self.info = info
         self.options = {**self.defaults, **options}
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Reject option values this task cannot take by raising :class:`OptionError`; ``mmcore validate`` calls it
+        with the resolved options (defaults filled in), before any data or model exists. Default: accept all."""
+
     def prepare(self, example: Example, source: ExampleSource, rng: random.Random) -> Example:
         """Per-example work in the data loader (e.g. swap the image for a hard negative); default: unchanged."""
         return example
@@ -217,6 +230,11 @@ class Head(nn.Module):
         self.options = {**self.defaults, **options}
         self.zero_shot_ready = False
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Reject option values this head cannot take by raising :class:`OptionError`; ``mmcore validate`` calls it
+        with the resolved options (defaults filled in), before any data or model exists. Default: accept all."""
+
     def prepare(self, example: Example, source: ExampleSource, rng: random.Random) -> list[Example]:
         """Per-example work in the data loader; may expand one example into several (e.g. negatives)."""
         return [example]
@@ -267,6 +285,11 @@ class Dataset:
     def __init__(self, options: dict[str, Any], cache_dir: Path) -> None:
         self.options = {**self.defaults, **options}
         self.cache_dir = cache_dir
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Reject option values this dataset cannot take by raising :class:`OptionError`; ``mmcore validate`` calls it
+        with the resolved options (defaults filled in), before any data or model exists. Default: accept all."""
 
     def prepare(self, progress: Callable[[str], None] | None = None) -> None:
         """Make the data ready (generate, convert, check files); called once before any view is built."""

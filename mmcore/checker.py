@@ -7,8 +7,8 @@ import copy
 from typing import Any
 
 from mmcore.distributed import env_world_size
-from mmcore.errors import MMCoreError, RecipeError, UnknownNameError, did_you_mean
-from mmcore.recipe import KeyPath, Recipe
+from mmcore.errors import MMCoreError, OptionError, RecipeError, UnknownNameError, did_you_mean
+from mmcore.recipe import KeyPath, Recipe, format_key
 from mmcore.registry import Registry
 
 
@@ -76,6 +76,26 @@ class Checker:
                 if name in defaults:
                     self.like(value, defaults[name], (*key, str(name)))
         return {**copy.deepcopy(defaults), **given}
+
+    def located(self, key: KeyPath) -> str:
+        """``file:line: key`` of a key path, as a recipe error names it (for checks made after validation)."""
+        file, line = self.recipe.where(key)
+        return f"{file}{f':{line}' if line is not None else ''}: {format_key(key)}"
+
+    def plugin_options(self, entry: Any, options: dict[str, Any], key: KeyPath) -> None:
+        """The plugin's own check of its resolved options: its class's or factory's ``check_options(options)``, if
+        declared, once the options' names and types have passed (a rejected value fails at its key)."""
+        check = getattr(entry.factory, "check_options", None)
+        prefix = format_key(key)
+        if check is None or any((e.key or "").startswith(prefix) for e in self.errors):
+            return
+        label = self.registry.label(entry.origin)
+        try:
+            check(dict(options))
+        except OptionError as exc:
+            self.fail((*key, exc.option), f"{entry.kind} {entry.name!r} ({label}): {exc}")
+        except (MMCoreError, ValueError, TypeError) as exc:
+            self.fail(key, f"{entry.kind} {entry.name!r} ({label}) rejects its options: {exc}")
 
     def like(self, value: Any, default: Any, key: KeyPath) -> None:
         """A plugin option must have its default's type (ints pass for floats; a string for a list)."""

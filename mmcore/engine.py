@@ -14,6 +14,7 @@ from torch import Tensor
 
 from mmcore import distributed
 from mmcore.api import Backbone, Batch, Dataset, Example, ExampleSource, Head, Task
+from mmcore.buildcheck import build_all
 from mmcore.checkpointing import (
     CheckpointFiles,
     check_fits,
@@ -171,6 +172,7 @@ class Engine:
         self.info = self.primary_dataset().info()
         self.tokenizer = self.primary_dataset().tokenizer()
         self._check_init_checkpoints()
+        build_all(self.recipe, self.registry, self.info)  # an option a plugin rejects fails before any training
         if self.dist.enabled:  # every process prepares now: rank 0 alone evaluates, and must not wait for the others
             for item in [*self.recipe["zero_shot"], *self.recipe["finetune"]]:
                 for data in item["data"]:

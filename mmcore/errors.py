@@ -29,6 +29,15 @@ class PluginError(MMCoreError):
     """A plugin failed to load or registered something inconsistent."""
 
 
+class OptionError(ValueError):
+    """An option value a plugin rejects: raise it from ``check_options`` or a constructor to name the option
+    (the recipe error then points at that option's key)."""
+
+    def __init__(self, option: str, message: str):
+        self.option = option
+        super().__init__(message)
+
+
 class UnknownNameError(MMCoreError):
     """A plugin name that nothing registered; the message lists what exists."""
 

@@ -127,6 +127,7 @@ def _backbone(c: Checker, spec: Any) -> dict[str, Any]:
         return dict(spec)
     options = c.options({k: v for k, v in spec.items() if k != "name"}, entry.defaults, ("backbone",),
                         f"backbone {entry.name!r} options")
+    c.plugin_options(entry, options, ("backbone",))
     return {"name": entry.name, **options}
 
 
@@ -139,6 +140,7 @@ def _datasets(c: Checker, spec: Any) -> dict[str, dict[str, Any]]:
         entry = c.entry("dataset", name, ("datasets", str(name)))
         if entry is not None:
             out[name] = c.options(options, entry.defaults, ("datasets", str(name)), f"dataset {name!r} options")
+            c.plugin_options(entry, out[name], ("datasets", str(name)))
             cache = out[name].get("features_cache")
             if "features_cache" in entry.defaults and cache not in CACHE_MODES:
                 c.fail(("datasets", str(name), "features_cache"),
@@ -259,6 +261,8 @@ def _stage(c: Checker, spec: Any, index: int, datasets: dict[str, dict]) -> dict
             continue
         resolved = {"weight": 1.0, **c.options(options, entry.defaults, tkey, f"task {name!r} options", {"weight"})}
         c.number(resolved["weight"], (*tkey, "weight"), minimum=0)
+        c.plugin_options(entry, {k: v for k, v in resolved.items() if k != "weight"}, tkey)
+        out.setdefault("_where", {})[name] = c.located(tkey)  # where the build at the run's start reports
         out["tasks"][name] = resolved
         if provided is not None:
             missing = sorted(entry.requires - provided)
@@ -315,6 +319,8 @@ def _downstream(c: Checker, items: Any, section: str, allowed: set[str], dataset
             c.fail((*key, "data"), f"a {section} entry takes a single data view")
         if entry is not None:
             item["options"] = c.options(spec.get("options"), entry.defaults, (*key, "options"), f"head {entry.name!r} options")
+            c.plugin_options(entry, item["options"], (*key, "options"))
+            item["_where"] = c.located((*key, "options"))
             provided = _provided(c, item["data"])
             if provided is not None and entry.requires - provided:
                 c.fail((*key, "data"), f"head {entry.name!r} requires batch field(s) "

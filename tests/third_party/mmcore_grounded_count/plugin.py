@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 import mmcore
 from mmcore import BackboneOutput, Batch, Task
+from mmcore.api import OptionError
 
 
 class GroundedCount(Task):
@@ -15,6 +16,11 @@ class GroundedCount(Task):
     name = "grounded_count"
     defaults = {"scale": 1.0}
     order = 10  # from clean inputs, before any masking
+
+    @classmethod
+    def check_options(cls, options) -> None:
+        if options["scale"] < 0:
+            raise OptionError("scale", f"must be >= 0 (it multiplies a squared error), got {options['scale']}")
 
     def __init__(self, info, backbone, **options) -> None:
         super().__init__(info, backbone, **options)

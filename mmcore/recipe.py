@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from mmcore.errors import RecipeError
+from mmcore.shipped import find_shipped, suggestion
 
 KeyPath = tuple[str, ...]
 
@@ -67,8 +68,17 @@ def format_key(key: KeyPath) -> str:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read ``path`` with its includes and apply ``--set`` overrides (``a.b.c=value``, value parsed as YAML)."""
+    """Read ``path`` with its includes and apply ``--set`` overrides (``a.b.c=value``, value parsed as YAML).
+
+    ``path`` is a file, or the name of a shipped recipe (``msp_tps``, ``base/lxmert_s_cpu``) when no such file exists.
+    """
     path = Path(path)
+    if not path.exists():
+        shipped = find_shipped(str(path))
+        if shipped is None:
+            raise RecipeError("cannot read recipe: No such file or directory, and no shipped recipe has that name"
+                              f"{suggestion(str(path))}", file=str(path))
+        path = shipped
     data, origins = _load_with_includes(path.resolve(), chain=())
     if not data:
         raise RecipeError("the recipe is empty; it needs at least a backbone, datasets and stages or finetune", file=str(path))
@@ -91,7 +101,11 @@ def _load_with_includes(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, 
         target = (path.parent / name).resolve()
         line = lines.get(("include", str(index)), lines.get(("include",)))
         if not target.is_file():
-            raise RecipeError(f"included file not found: {target}", str(path), f"include[{index}]", line)
+            # A name that is no file beside the recipe is a shipped base (``include: [base/lxmert_s_cpu]``).
+            target = find_shipped(name) or target
+        if not target.is_file():
+            raise RecipeError(f"included file not found: {target} (nor is {name!r} a shipped recipe"
+                              f"{suggestion(name)})", str(path), f"include[{index}]", line)
         if target in (*chain, path):
             cycle = " -> ".join(str(p) for p in (*chain, path, target))
             raise RecipeError(f"cyclic include: {cycle}", str(path), f"include[{index}]", line)

@@ -14,12 +14,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from mmcore import distributed
 from mmcore.errors import MMCoreError
+
+if TYPE_CHECKING:
+    import torch
 
 # A full disk or an exceeded quota: the user's to fix, so a clear message rather than a traceback.
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -63,11 +63,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """Atomically ``torch.save`` ``obj`` to ``path``."""
+    import torch  # here, so that commands that only read run directories start without torch
+
     atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def fingerprint(state: dict[str, torch.Tensor]) -> str:
     """A digest of a state dict's exact values (names, shapes, bytes), to prove which weights a stage began from."""
+    import torch
+
     digest = hashlib.sha1()
     for name in sorted(state):
         tensor = state[name].detach().to("cpu").contiguous()
@@ -81,12 +85,16 @@ class RunDir:
     """Paths and writers of one run directory; the writers write only on rank 0 (``main``)."""
 
     def __init__(self, path: Path) -> None:
+        from mmcore import distributed
+
         self.path = path
         self.main = distributed.current().is_main
 
     @classmethod
     def create(cls, output_dir: Path, name: str, run_name: str | None = None, overwrite: bool = False) -> RunDir:
         """A fresh run directory ``output_dir/name/<run_name or timestamp>`` (made by rank 0, its path shared)."""
+        from mmcore import distributed
+
         dist = distributed.setup()
         return cls(dist.on_main(lambda: cls._make(output_dir, name, run_name, overwrite)))
 

@@ -373,7 +373,8 @@ def train_loop(
                     log(progress.step, epoch, {**(progress.last if good else {}), "lr": schedule.get_last_lr()[0],
                                                "samples_per_s": rate, **extra})
                     info = f"loss {progress.last['loss']:.4f} · " if good else ""
-                    bar.advance(progress.since, info=f"{info}{rate:,.0f} samples/s")
+                    parts = " · ".join(f"{k} {v:.4f}" for k, v in progress.last.items() if k != "loss") if good else ""
+                    bar.advance(progress.since, info=f"{info}{rate:,.0f} samples/s", detail=parts)
                     progress.since, window_start = 0, time.perf_counter()
                 if checkpoint and checkpoint_every and progress.step % checkpoint_every == 0 and progress.step < total:
                     check_finite()

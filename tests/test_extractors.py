@@ -22,7 +22,7 @@ from mmcore.data.tokenizer import build_wordpiece
 ROOT = Path(__file__).resolve().parent.parent
 HAS_PIL = importlib.util.find_spec("PIL") is not None
 needs_reader = pytest.mark.skipif(not HAS_PIL and importlib.util.find_spec("torchvision") is None,
-                                  reason="reading images needs Pillow or torchvision (pip install \"mmcore[images]\")")
+                                  reason="reading images needs Pillow or torchvision (pip install \"mmcore-vlp[images]\")")
 
 
 def run_cli(args: list, code: int = 0) -> str:
@@ -162,7 +162,7 @@ def test_without_an_image_library_the_error_says_what_to_install(tmp_path: Path,
     monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now raises ImportError
     monkeypatch.setitem(sys.modules, "torchvision", None)
     out = run_cli(["data", "extract", tmp_path / "images", tmp_path / "out.h5", "--extractor", "grid"], code=2)
-    assert flat('pip install "mmcore[images]"') in out
+    assert flat('pip install "mmcore-vlp[images]"') in out
     assert not (tmp_path / "out.h5").exists()
 
 

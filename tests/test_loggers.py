@@ -191,7 +191,7 @@ def test_missing_tensorboard_package_is_a_clear_error(tmp_path, cache_dir, monke
     result = CliRunner().invoke(main, ["run", str(recipe), "--output-dir", str(tmp_path / "runs"), "--run-name", "m",
                                        "--cache-dir", str(cache_dir), "--logger", "tensorboard", *SHORT])
     assert result.exit_code == 2
-    assert squashed('logger tensorboard needs the tensorboard package: pip install "mmcore[tensorboard]"') in \
+    assert squashed('logger tensorboard needs the tensorboard package: pip install "mmcore-vlp[tensorboard]"') in \
         squashed(result.output)
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs" / "tiny" / "m").exists()  # it stopped at startup: nothing to keep

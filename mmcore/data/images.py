@@ -51,7 +51,7 @@ def image_decoder() -> tuple[str, Decoder]:
         pass
     else:
         return "torchvision", _decode_torchvision
-    raise MMCoreError("reading images needs Pillow, which is not installed: pip install \"mmcore[images]\" "
+    raise MMCoreError("reading images needs Pillow, which is not installed: pip install \"mmcore-vlp[images]\" "
                       "(or pip install pillow; torchvision works too)")
 
 

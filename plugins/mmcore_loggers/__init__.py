@@ -1,1 +1,1 @@
-"""Built-in metrics loggers: ``tensorboard`` (needs the ``tensorboard`` package: ``pip install "mmcore[tensorboard]"``)."""
+"""Built-in metrics loggers: ``tensorboard`` (needs the ``tensorboard`` package: ``pip install "mmcore-vlp[tensorboard]"``)."""

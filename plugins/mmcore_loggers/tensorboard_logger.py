@@ -22,7 +22,7 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise MMCoreError('logger tensorboard needs the tensorboard package: pip install "mmcore[tensorboard]" '
+            raise MMCoreError('logger tensorboard needs the tensorboard package: pip install "mmcore-vlp[tensorboard]" '
                               "(or pip install tensorboard)") from None
         self.path = Path(run_dir) / log_dir
         self.writer = SummaryWriter(log_dir=str(self.path))

@@ -1,0 +1,84 @@
+"""A click group whose heavy commands and plugin commands are imported only when one of them runs.
+
+``mmcore --help``, ``mmcore --version`` and top-level shell completion read command names and one-line helps
+from :data:`LAZY_COMMANDS`, so they return without importing torch or loading plugins. Commands that plugins add
+(hook ``mmcore_register_commands``) are looked up only when a name is not one of mmcore's own.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+from click.shell_completion import CompletionItem
+
+# name -> (module:attribute, one-line help shown by --help and completion)
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("mmcore.cli_data:data", "Prepare real data: convert TSV region features, extract features, build stores."),
+    "report": ("mmcore.cli_report:report", "Compare runs: stages, tasks, results and loss curves, one row per run."),
+    "inspect": ("mmcore.cli_inspect:inspect", "Show one example's top answers and top caption after each stage."),
+    "evaluate": ("mmcore.cli_evaluate:evaluate", "Evaluate a run's or a checkpoint's model with a head on a view."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports :data:`LAZY_COMMANDS` on demand and asks plugins only for names it does not know."""
+
+    _plugins_asked = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Own and lazy command names (plugin commands are not listed: listing them would load every plugin)."""
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command called ``cmd_name``: own, lazy (imported now), else one a plugin adds."""
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        if cmd_name in LAZY_COMMANDS:
+            target, _ = LAZY_COMMANDS[cmd_name]
+            module, _, attribute = target.partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, cmd_name)
+            return command
+        if not self._plugins_asked:
+            self._plugins_asked = True
+            self.register_plugin_commands()
+            return super().get_command(ctx, cmd_name)
+        return None
+
+    def register_plugin_commands(self) -> None:
+        """Let plugins add their commands (hook ``mmcore_register_commands``)."""
+        from mmcore.errors import MMCoreError
+        from mmcore.plugins import load_plugins
+
+        try:
+            plugins = load_plugins()
+        except MMCoreError:
+            return  # reported by whichever command loads plugins for real
+        plugins.hook.mmcore_register_commands(cli=self)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands section of ``--help``, without importing the lazy ones."""
+        rows = []
+        for name in self.list_commands(ctx):
+            help_text = self._short_help(ctx, name)
+            if help_text is not None:
+                rows.append((name, help_text))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        """Complete command names from the table (no imports), then the group's own options."""
+        items = [CompletionItem(name, help=self._short_help(ctx, name)) for name in self.list_commands(ctx)
+                 if name.startswith(incomplete) and self._short_help(ctx, name) is not None]
+        return items + [item for item in click.Command.shell_complete(self, ctx, incomplete)]
+
+    def _short_help(self, ctx: click.Context, name: str) -> str | None:
+        if name in self.commands:
+            command = self.commands[name]
+            return None if command.hidden else command.get_short_help_str(limit=80)
+        entry: Any = LAZY_COMMANDS.get(name)
+        return entry[1] if entry else None

@@ -306,6 +306,13 @@ class Dataset:
         """The examples of one view and split."""
         raise NotImplementedError
 
+    @classmethod
+    def split_files(cls, options: dict[str, Any], view: str, split: str) -> list[str] | None:
+        """Optional: names of the files (or named parts of files) ``view``/``split`` reads under ``options``,
+        computed without reading any data. ``mmcore validate`` rejects a fine-tuning whose selection and
+        evaluation splits share one. Default ``None``: not known, not checked."""
+        return None
+
 
 def init_bert_(module: nn.Module) -> nn.Module:
     """BERT initialisation in place (Linear N(0, 0.02), zero biases, unit LayerNorm), as LXMERT's heads use."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from mmcore.api import Backbone, Head, Task
 from mmcore.checkpointing import CheckpointFiles, cpu_state, read_checkpoint
@@ -29,6 +30,7 @@ from mmcore.data.collate import Collator
 from mmcore.distributed import micro_batch_size
 from mmcore.errors import MMCoreError
 from mmcore.rundir import fingerprint
+from mmcore.selectcheck import WARNING
 from mmcore.training import EpochSampler, LoopResult, PrepareCollate, train_loop
 
 if TYPE_CHECKING:
@@ -115,6 +117,8 @@ def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretra
     run), then evaluate it."""
     name = item["name"]
     engine.plugins.hook.mmcore_stage_start(run=engine, stage=item)
+    if WARNING in item:
+        engine.reporter.message(f"[yellow]warning:[/yellow] {escape(item[WARNING])}")
     state, pretrained = start_state(engine, item, state, pretrained)
     backbone = engine.pretrained_backbone(state)
     init = {"from": state.get("stage"), "fingerprint": fingerprint(backbone.state_dict())}
@@ -148,9 +152,10 @@ def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretra
     metrics, predictions = engine.dist.on_main(evaluate)
     engine.plugins.hook.mmcore_stage_end(run=engine, stage=item, metrics=metrics)
     relative = {"predictions": Path(os.path.relpath(predictions, engine.run.path)).as_posix()} if predictions else {}
+    warning = {"warning": item[WARNING]} if WARNING in item else {}  # selected on the data it reports, as allowed
     return {"kind": "finetune", "head": item["head"], **started_from(item), "split": item["eval_split"],
             "steps": result.steps, "seconds": round(result.seconds, 1), "metrics": metrics, **selection.result(),
-            **relative}
+            **relative, **warning}
 
 
 def _selection_split(engine: Engine, item: dict[str, Any]) -> tuple[str | None, str]:

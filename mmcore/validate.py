@@ -17,6 +17,7 @@ from mmcore.errors import MMCoreError, did_you_mean
 from mmcore.loggers import resolve_loggers
 from mmcore.recipe import KeyPath, Recipe, format_key
 from mmcore.registry import Registry
+from mmcore.selectcheck import SAME_SPLIT, check_selection
 
 __all__ = ["DEVICE", "Checker", "RecipeInvalid", "resolve", "strip_private"]
 
@@ -330,7 +331,8 @@ def _downstream(c: Checker, items: Any, section: str, allowed: set[str], dataset
             if "epochs" not in spec and entry is not None:  # the head's own default (the paper's, for built-ins)
                 item["epochs"] = int(getattr(entry.factory, "epochs", 1))
             item["eval_split"] = spec.get("eval_split", "test")
-            item["select"] = c.options(spec.get("select"), SELECT_DEFAULTS, (*key, "select"), "select")
+            item["select"] = c.options(spec.get("select"), SELECT_DEFAULTS, (*key, "select"), "select", {SAME_SPLIT})
+            check_selection(c, item, datasets)
             item["optim"] = _optim(c, spec.get("optim"), (*key, "optim"), {**DEFAULT_OPTIM, "lr": 5.0e-5, "warmup": 0.1, "clip": 5.0})
         else:
             item["max_text_len"] = spec.get("max_text_len", 20)

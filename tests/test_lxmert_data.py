@@ -171,12 +171,12 @@ def texts_of(view) -> list[tuple[str, str]]:
 
 
 def test_token_view_is_the_detector_labels_in_region_order(data_root: Path, tmp_path: Path) -> None:
-    ds, messages = dataset(data_root, tmp_path, hard_negatives="hard_negatives.npz")
+    ds, messages = dataset(data_root, tmp_path, hard_negatives="hard_negatives.npz", token_images="all")
     view = ds.view("token", "train")
     names = [o.split(",")[0] for o in OBJECTS]
     expected = [(i, " ".join(names[j] for j in object_ids(i))) for i in [*COCO, COCO_VAL[0], *VG]]
     assert texts_of(view) == expected
-    assert "lxmert token/train: 6 label texts of 6 images" in messages[-1]
+    assert "lxmert token/train: 6 label texts of 6 images (all images)" in messages[-1]
     example = view[0]
     assert example["visual_feats"].shape == (BOXES, DIM) and example["visual_pos"][0].tolist() == [0, 0, 0.5, 0.5]
     # Hard negatives: the nearest images by mean-pooled features over the three pre-training stores, top 3,
@@ -206,7 +206,7 @@ def test_phrase_view_drops_verb_phrases_and_joins_with_commas(data_root: Path, t
 
 
 def test_sentence_vqa_and_retrieval_views(data_root: Path, tmp_path: Path) -> None:
-    ds, messages = dataset(data_root, tmp_path)
+    ds, messages = dataset(data_root, tmp_path, vqa_holdout=0.0)  # every vqa_train question in train
     sentences = ds.view("sentence", "train")
     assert [t for _, t in texts_of(sentences)] == ["a man and his dog", "a dog next to a man", "a horse by a tree",
                                                     "a red bus", "a man in a hat"]
@@ -370,7 +370,7 @@ stages:
     data: {dataset: lxmert, view: token}
     tasks: {mlm: {}, mrfr: {}, moc: {}}
     max_steps: 2
-    batch_size: 4
+    batch_size: 2  # the 4 COCO caption images of the tiny files
   - name: sentence
     data: {dataset: lxmert, view: sentence}
     tasks: {mlm: {}, mrfr: {}, moc: {}, itm_hs: {}}
@@ -386,9 +386,10 @@ def test_curriculum_and_vqa_finetuning_on_lxmert_files(data_root: Path, tmp_path
     recipe.write_text(textwrap.dedent(RECIPE).replace("ROOT", str(data_root)))
     output = run_cli(["run", recipe, "--output-dir", tmp_path / "runs", "--run-name", "r",
                       "--cache-dir", tmp_path / "cache"])
-    assert flat("lxmert token/train: 6 label texts of 6 images") in output
+    assert flat("lxmert token/train: 4 label texts of 4 images (those with mscoco captions") in output
     assert flat("lxmert sentence/train: 5 mscoco captions") in output
-    assert flat("lxmert vqa/train: 4 questions") in output and flat("skipped 1 answer not in") in output
+    assert flat("lxmert vqa/train: 3 questions") in output and flat("skipped 1 answer not in") in output
+    assert flat("lxmert vqa/val: 1 question about 1 image held out from train.json, nominival.json") in output
     run = tmp_path / "runs" / "real" / "r"
     results = json.loads((run / "results.json").read_text())
     assert results["_stages"]["token"]["steps"] == 2 and results["_stages"]["sentence"]["steps"] == 2
@@ -431,3 +432,69 @@ def test_run_without_vocab_fails_clearly(data_root: Path, tmp_path: Path) -> Non
     recipe.write_text(textwrap.dedent(RECIPE).replace("ROOT", str(root)))
     output = run_cli(["run", recipe, "--output-dir", tmp_path / "runs", "--quiet"], code=2)
     assert flat("vocab.txt not found") in output and flat("BERT uncased") in output
+
+
+# ---- the paper's protocol: token-stage images, a selection split disjoint from the reported one ----------------
+
+def test_token_view_defaults_to_the_coco_caption_images(data_root: Path, tmp_path: Path) -> None:
+    ds, messages = dataset(data_root, tmp_path)
+    assert ds.view("token", "train").image_ids() == [*COCO, COCO_VAL[0]]  # no Visual Genome image
+    assert "4 label texts of 4 images (those with mscoco captions; token_images: all widens)" in messages[-1]
+    ds, _ = dataset(data_root, tmp_path, token_images="vg")  # any sentf source: the images with VG phrases
+    assert ds.view("token", "train").image_ids() == [COCO[0], COCO[1], *VG]
+    with pytest.raises(MMCoreError, match="option token_images must name a sentf source"):
+        dataset(data_root, tmp_path, token_images="")
+
+
+def test_vqa_val_is_a_held_out_slice_disjoint_from_the_reported_split(data_root: Path, tmp_path: Path) -> None:
+    ds, messages = dataset(data_root, tmp_path)
+    train, val, test = (set(ds.view("vqa", split).image_ids()) for split in ("train", "val", "test"))
+    assert train | val == {*COCO, COCO_VAL[0]} and not train & val  # vqa_train's images, each on one side
+    assert len(val) == 1 and not val & test and test == {COCO_VAL[1]}  # minival is only reported
+    assert any("held out from train.json, nominival.json (vqa_holdout 0.05, seed 0)" in m for m in messages)
+    again, _ = dataset(data_root, tmp_path / "other")
+    assert set(again.view("vqa", "val").image_ids()) == val  # the same slice on every load
+    half, _ = dataset(data_root, tmp_path, vqa_holdout=0.5)
+    assert len(half.view("vqa", "val").image_ids()) == 2 and len(half.view("vqa", "train")) == 2
+    everything, _ = dataset(data_root, tmp_path, vqa_holdout=0.9)
+    with pytest.raises(MMCoreError, match="holds out every one of the 4 images of vqa_train"):
+        everything.view("vqa", "train")
+    listed, _ = dataset(data_root, tmp_path, vqa_val=["vqa/minival.json"])  # listed files replace the slice
+    assert len(listed.view("vqa", "train")) == 4 and listed.view("vqa", "val").image_ids() == [COCO_VAL[1]]
+
+
+SELECT_RECIPE = """\
+name: select
+seed: 0
+eval_batch_size: 8
+backbone: {name: lxmert_s, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64, x_layers: 2}
+datasets:
+  lxmert: {data_root: ROOT}
+finetune:
+  - name: vqa
+    head: vqa
+    data: {dataset: lxmert, view: vqa}
+    max_steps: 1
+    batch_size: 2
+"""
+
+
+def test_validate_rejects_selecting_on_the_reported_files(data_root: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "select.yaml"
+    recipe.write_text(SELECT_RECIPE.replace("ROOT", str(data_root)))
+    assert flat("ok") in run_cli(["validate", recipe])  # the default: select on the held-out slice
+    same = ["--set", "datasets.lxmert.vqa_val=[vqa/minival.json]"]  # LXMERT's own setting: val = test = minival
+    out = run_cli(["validate", recipe, *same], code=2)
+    assert flat(f"{recipe}:8: finetune[0].select: fine-tuning 'vqa' selects its epoch on split 'val', which reads "
+                f"data its evaluation split 'test' also reads ({data_root / 'vqa/minival.json'})") in out
+    out = run_cli(["validate", recipe, "--set", "finetune.vqa.eval_split=val"], code=2)
+    assert flat("(split 'val' of lxmert/vqa)") in out  # the same split, whatever the dataset says
+    allowed = [*same, "--set", "finetune.vqa.select={allow_same_split: true}"]
+    run_cli(["run", recipe, *allowed, "--output-dir", tmp_path / "runs", "--run-name", "r", "--quiet",
+             "--cache-dir", tmp_path / "cache"])
+    result = json.loads((tmp_path / "runs" / "select" / "r" / "results.json").read_text())["vqa"]
+    assert result["selection"]["split"] == "val" and "metrics" in result
+    assert result["warning"].startswith("fine-tuning 'vqa' selects its epoch on split 'val'")
+    assert "accepted by select.allow_same_split" in result["warning"]
+    out = run_cli(["validate", recipe, "--set", "finetune.vqa.select={allow_same_split: 1}"], code=2)
+    assert flat("finetune[0].select.allow_same_split: must be true or false") in out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,9 +44,9 @@ def build_view(ds: LxmertData, name: str, split: str, family: str) -> tuple[Exam
         records = present(ds, entries, union, f"{name}/{split}")
         hard = ds.hard_negatives("hard_negatives") if split == "train" else None
         if name == "token":
-            ids = list(dict.fromkeys(rec["img_id"] for rec in records))
+            ids, which = token_images(records, str(ds.options["token_images"]))
             view = PairView(token_pairs(union, ds.object_names(), ids), union, hard)  # type: ignore[arg-type]
-            return view, f"{n(len(view), 'label text')} of {n(len(ids), 'image')} {where}"
+            return view, f"{n(len(view), 'label text')} of {n(len(ids), 'image')} ({which}) {where}"
         if name == "sentence":
             view = PairView(ann.pretrain_sentences(records, "mscoco"), union, hard)  # type: ignore[arg-type]
             return view, f"{n(len(view), 'mscoco caption')} of {n(len(view.image_ids()), 'image')} {where}"
@@ -82,6 +84,23 @@ def present(ds: LxmertData, entries: list[Entry[T]], union: StoreUnion, what: st
     return kept
 
 
+def token_images(records: list[dict[str, Any]], source: str) -> tuple[list[str], str]:
+    """(the token stage's images in file order, how they were chosen): those with a text of the ``sentf`` source
+    ``source`` (``mscoco``: the COCO caption images, as in the paper), or every image for ``all``."""
+    if source == "all":
+        return list(dict.fromkeys(rec["img_id"] for rec in records)), "all images"
+    ids = list(dict.fromkeys(rec["img_id"] for rec in records if rec["sentf"].get(source)))
+    return ids, f"those with {source} captions; token_images: all widens"
+
+
+def held_out_images(img_ids: list[str], fraction: float, seed: int) -> set[str]:
+    """``ceil(fraction × n)`` of the images, chosen by a seeded hash of each id: the same whatever the files'
+    order, and every question of an image on one side."""
+    count = math.ceil(fraction * len(img_ids))
+    ranked = sorted(set(img_ids), key=lambda i: hashlib.sha256(f"{seed}:{i}:holdout".encode()).hexdigest())
+    return set(ranked[:count])
+
+
 def phrase_pairs(ds: LxmertData, records: list[dict[str, Any]]) -> tuple[list[tuple[str, str]], Counter[str]]:
     """(img_id, description) pairs from each record's ``vg`` phrases without a verb, and phrase counts."""
     has_verb = ds.verb_filter()
@@ -110,6 +129,8 @@ def answer_view(ds: LxmertData, task: str, files: list[Path], union: StoreUnion,
     read = ann.read_vqa if task == "vqa" else ann.read_gqa
     entries = [(path, i, rec["img_id"], rec) for path in files for i, rec in enumerate(read(path))]
     records = present(ds, entries, union, f"{task}/{split}")
+    if ds.holds_out(task, split):
+        records, where = hold_out(ds, records, split, where)
     removed, emptied = ann.drop_unknown_answers(records, answers)
     if removed:
         ds._warn(f"lxmert {task}/{split}: skipped {n(removed, 'answer')} not in the {len(answers):,}-answer table; "
@@ -117,6 +138,19 @@ def answer_view(ds: LxmertData, task: str, files: list[Path], union: StoreUnion,
     view_class = VQAView if task == "vqa" else GQAView
     view = view_class(records, answers, union)  # type: ignore[arg-type]
     return view, f"{n(len(view), 'question')} about {n(len(view.image_ids()), 'image')} {where}"
+
+
+def hold_out(ds: LxmertData, records: list[dict[str, Any]], split: str, where: str) -> tuple[list[dict[str, Any]], str]:
+    """The questions of the held-out images (``val``) or of the others (``train``), and the summary's source."""
+    images = [rec["img_id"] for rec in records]
+    held = held_out_images(images, float(ds.options["vqa_holdout"]), int(ds.options["seed"]))
+    if len(held) == len(set(images)):
+        raise MMCoreError(f"dataset 'lxmert': vqa_holdout {ds.options['vqa_holdout']} holds out every one of the "
+                          f"{len(held)} images of vqa_train; lower it, or list selection files in vqa_val")
+    kept = [rec for rec in records if (rec["img_id"] in held) == (split == "val")]
+    detail = (f"held out {where} (vqa_holdout {ds.options['vqa_holdout']}, seed {ds.options['seed']})" if split == "val"
+              else f"{where}, without the {n(len(held), 'image')} held out for val")
+    return kept, detail
 
 
 def nlvr2_view(ds: LxmertData, files: list[Path], union: StoreUnion, split: str,

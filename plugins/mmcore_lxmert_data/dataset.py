@@ -31,6 +31,7 @@ VQA and GQA answers outside their answer table are always counted, dropped and w
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from collections.abc import Callable
@@ -75,9 +76,12 @@ class LxmertData(Dataset):
         "pretrain_val": ["lxmert/mscoco_minival.json"],
         "pretrain_test": [],
         "vqa_train": ["vqa/train.json", "vqa/nominival.json"],
-        "vqa_val": ["vqa/minival.json"],
+        # Empty: `val` is a held-out slice of vqa_train's images (vqa_holdout), so that model selection never sees
+        # the reported minival. List files here to select on them instead (the train split then keeps every image).
+        "vqa_val": [],
         # LXMERT's vqa/test.json carries no answers (the VQA server scores it): evaluate locally on minival.
         "vqa_test": ["vqa/minival.json"],
+        "vqa_holdout": 0.05,  # the fraction of vqa_train's images whose questions form `val` (when vqa_val is empty)
         "answer_table": "vqa/trainval_ans2label.json",
         # LXMERT's own GQA runs train on train + valid and report testdev; list both here to do the same.
         "gqa_train": ["gqa/train.json"],
@@ -100,6 +104,9 @@ class LxmertData(Dataset):
         "retrieval_features": ["flickr30k_imgfeat/flickr30k_obj36.h5"],
         "hard_negatives": "",  # .npz from `mmcore data hard-negatives`, for the pre-training train views (ITM_HS)
         "retrieval_hard_negatives": "",  # the same for retrieval fine-tuning
+        # The token stage's images: those with captions of this `sentf` source (mscoco: the COCO caption images,
+        # the paper's 0.12M), or "all" (every pre-training image, Visual Genome's included).
+        "token_images": "mscoco",
         "verb_filter": "builtin",  # or "package.module:function" (phrase -> contains a verb)
         "phrases_per_image": 3,
         "min_phrases": 2,
@@ -136,6 +143,12 @@ class LxmertData(Dataset):
         if self.options["missing_images"] not in ("error", "skip"):
             raise MMCoreError(f"dataset 'lxmert': option missing_images must be 'error' or 'skip', "
                               f"got {self.options['missing_images']!r}")
+        holdout = self.options["vqa_holdout"]
+        if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
+            raise MMCoreError(f"dataset 'lxmert': option vqa_holdout must be a fraction in [0, 1), got {holdout!r}")
+        if not isinstance(self.options["token_images"], str) or not self.options["token_images"]:
+            raise MMCoreError("dataset 'lxmert': option token_images must name a sentf source (e.g. mscoco) or be "
+                              f"'all', got {self.options['token_images']!r}")
         for key in ("phrases_per_image", "min_phrases", "max_phrases"):
             if not isinstance(self.options[key], int) or self.options[key] < 1:
                 raise MMCoreError(f"dataset 'lxmert': option {key} must be a positive integer")
@@ -296,10 +309,30 @@ class LxmertData(Dataset):
         name = self.options[option]
         return load_hard_negatives(self._existing(option, name, "hard-negative file")) if name else None
 
+    def holds_out(self, family: str, split: str) -> bool:
+        """Whether ``split`` of ``family`` is drawn from a held-out slice of the train files' images (``val``) or
+        is those files without it (``train``): VQA with an empty ``vqa_val`` and a positive ``vqa_holdout``."""
+        return (family == "vqa" and split in ("train", "val") and not self.options["vqa_val"]
+                and self.options["vqa_holdout"] > 0)
+
+    @classmethod
+    def split_files(cls, options: dict[str, Any], view: str, split: str) -> list[str] | None:
+        """The annotation files ``view``/``split`` reads (absolute; a held-out slice is named as such); see
+        :meth:`mmcore.api.Dataset.split_files`."""
+        family, opts = FAMILIES.get(view), {**cls.defaults, **options}
+        if family is None or split not in cls.splits:
+            return None
+        names = opts[f"{family}_{split}"]
+        root = Path(str(opts["data_root"])).expanduser()
+        if family == "vqa" and split in ("train", "val") and not opts["vqa_val"] and opts["vqa_holdout"] > 0:
+            part = "held-out images" if split == "val" else "without the held-out images"
+            return [f"{os.path.abspath(root / name)} ({part})" for name in opts["vqa_train"]]
+        return [os.path.abspath(root / name) for name in ([names] if isinstance(names, str) else names)]
+
     def files(self, family: str, split: str) -> list[Path]:
-        """The annotation files of a family (pretrain, vqa, gqa, nlvr2, retrieval) and split; an error when none
-        is listed."""
-        key = f"{family}_{split}"
+        """The annotation files of a family (pretrain, vqa, gqa, nlvr2, retrieval) and split (for a held-out
+        ``val``, the train files it is drawn from); an error when none is listed."""
+        key = f"{family}_train" if self.holds_out(family, split) else f"{family}_{split}"
         if not self.options[key]:
             raise MMCoreError(f"dataset 'lxmert': no {family} annotation file for split {split!r} (option {key} is "
                               "empty)")

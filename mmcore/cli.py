@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -13,17 +13,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from mmcore import __version__
-from mmcore.cli_data import data as data_group
-from mmcore.cli_evaluate import evaluate as evaluate_command
-from mmcore.cli_inspect import inspect as inspect_command
-from mmcore.cli_report import report as report_command
+from mmcore.cli_lazy import LazyGroup
+from mmcore.cli_seeds import run_seed_group, seeds_option
 from mmcore.errors import MMCoreError, PluginError
-from mmcore.loggers import enable_loggers
-from mmcore.plugins import Plugins, load_plugins
-from mmcore.progress import Reporter
-from mmcore.recipe import Recipe, dump_recipe, load_recipe
-from mmcore.summary import evaluation_rows, paper_rows, rich_table, stage_rows
-from mmcore.validate import resolve, strip_private
+from mmcore.plugins import load_plugins  # pluggy and the registry only: plugins load when it is called
+
+# Whatever imports torch or loads plugins is imported inside the command that needs it, so that
+# `mmcore --help`, `--version` and shell completion answer at once (see mmcore.cli_lazy).
+if TYPE_CHECKING:
+    from mmcore.plugins import Plugins
+    from mmcore.recipe import Recipe
 
 
 def _stdout_console() -> Console:
@@ -32,8 +31,15 @@ def _stdout_console() -> Console:
     return probe if probe.is_terminal else Console(width=max(probe.width, 220))
 
 
+def _stderr_console() -> Console:
+    """A console for messages and progress: in a log file (no terminal) lines are never wrapped, so run paths
+    and error messages stay whole and greppable."""
+    probe = Console(stderr=True)
+    return probe if probe.is_terminal else Console(stderr=True, soft_wrap=True, width=max(probe.width, 220))
+
+
 console = _stdout_console()
-err_console = Console(stderr=True)
+err_console = _stderr_console()
 
 
 def print_error(exc: MMCoreError) -> None:
@@ -41,8 +47,8 @@ def print_error(exc: MMCoreError) -> None:
     err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
 
 
-class MMCoreGroup(click.Group):
-    """A click group that turns user errors into a clear message and exit code 2, without a traceback."""
+class MMCoreGroup(LazyGroup):
+    """The ``mmcore`` group: a user error becomes a clear message and its exit code (2, 3 or 4), no traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -97,6 +103,10 @@ def prepare_recipe(path: str | Path, overrides: tuple[str, ...] = (),
                    loggers: tuple[str, ...] = ()) -> tuple[Recipe, Plugins, dict[str, Any]]:
     """Load a recipe, load the plugins it names, validate it: (recipe, plugins, resolved). ``loggers``
     (``--logger``) are added to the recipe's ``loggers`` with their default options, unless it names them."""
+    from mmcore.loggers import enable_loggers
+    from mmcore.recipe import load_recipe
+    from mmcore.validate import resolve
+
     recipe = load_recipe(path, overrides)
     enable_loggers(recipe, loggers)
     plugin_paths = recipe_plugin_paths(recipe)
@@ -116,6 +126,7 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
 @main.command()
 @click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False))
 @set_option
+@seeds_option
 @click.option("--resume", "resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue an existing run directory, skipping finished stages and evaluations.")
 @click.option("--run-name", help="Name of the run directory (default: a timestamp).")
@@ -128,28 +139,47 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op CPU threads (default: OMP_NUM_THREADS, the recipe's threads, else the CPUs this process "
                    "may use: affinity and cgroup quota).")
-def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | None, run_name: str | None,
-        output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool, loggers: tuple[str, ...],
-        threads: int | None) -> None:
+@click.option("--debug", is_flag=True, help="When plugin code fails, also print its full traceback "
+                                             "(always written to the run directory's errors.log).")
+def run(recipes: tuple[str, ...], overrides: tuple[str, ...], seed_overrides: tuple[str, ...], resume: Path | None,
+        run_name: str | None, output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool,
+        loggers: tuple[str, ...], threads: int | None, debug: bool = False) -> None:
     """Run a recipe: pre-training stages, zero-shot evaluations, fine-tunings, then a results table.
 
     Several RECIPES run one after another, each into OUTPUT_DIR/<name>/...: a recipe whose run there is
     complete is skipped, a partial one is resumed, so the same command continues an interrupted batch.
     """
+    from mmcore.blame import enable_debug
     from mmcore.engine import Engine
+    from mmcore.progress import Reporter
+    from mmcore.recipe import dump_recipe
     from mmcore.rundir import RunDir, atomic_write_text
+    from mmcore.seeds import GROUP_RECIPE, is_group
+    from mmcore.summary import evaluation_rows, paper_rows, rich_table, stage_rows
+    from mmcore.validate import strip_private
 
+    overrides = (*overrides, *seed_overrides)
+    if debug:
+        enable_debug()
     if len(recipes) > 1:
         _run_many(recipes, overrides, resume, run_name, output_dir, overwrite, cache_dir, quiet, loggers, threads)
         return
     recipe = recipes[0] if recipes else None
+    group = resume if resume is not None and is_group(resume) else None
+    if group is not None or (recipe is not None and resume is None):
+        _, plugins, resolved = prepare_recipe(recipe if group is None else group / GROUP_RECIPE, overrides, loggers)
+        if resolved.get("seeds"):
+            run_seed_group(plugins, resolved, resume=group, output_dir=output_dir, run_name=run_name,
+                           overwrite=overwrite, cache_dir=cache_dir, quiet=quiet, threads=threads)
+            return
     if resume is not None:
         run_dir = RunDir.open(resume)
         _, plugins, resolved = prepare_recipe(run_dir.path / "recipe.resolved.yaml", overrides, loggers)
+        if resolved.get("seeds"):
+            raise MMCoreError(f"{resume} is one run, not a seed group: --seeds continues a group (--resume GROUP_DIR)")
     elif recipe is None:
         raise MMCoreError("give a RECIPE to run, or --resume RUN_DIR")
     else:
-        _, plugins, resolved = prepare_recipe(recipe, overrides, loggers)
         parent = output_dir or Path(resolved["output_dir"])
         run_dir = RunDir.create(parent, resolved["name"], run_name, overwrite)
         atomic_write_text(run_dir.path / "recipe.resolved.yaml", dump_recipe(strip_private(resolved)))
@@ -164,7 +194,9 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | Non
     if not run_dir.main:  # under torchrun, rank 0 prints the tables
         return
     console = _stdout_console()
-    console.print(rich_table("pre-training", *stage_rows(results)))
+    header, rows = stage_rows(results)
+    if rows:  # a recipe without stages (fine-tuning only) has no pre-training to show
+        console.print(rich_table("pre-training", header, rows))
     console.print(rich_table(f"results (%) — {run_dir.path}", *evaluation_rows(results)))
     console.print(rich_table("as in the paper's Tables 2-3 (%)", *paper_rows(str(resolved["name"]), results)))
 
@@ -173,7 +205,9 @@ def _run_many(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path
               output_dir: Path | None, overwrite: bool, cache_dir: Path | None, quiet: bool,
               loggers: tuple[str, ...] = (), threads: int | None = None) -> None:
     from mmcore import distributed
+    from mmcore.progress import Reporter
     from mmcore.runmany import run_many
+    from mmcore.summary import rich_table
 
     if resume is not None:
         raise MMCoreError("--resume continues one run directory; with several RECIPES, rerun the same command "
@@ -230,11 +264,27 @@ def validate(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> None:
         raise MMCoreError(f"{failed} of {len(recipes)} recipes are invalid (each problem is listed above)")
 
 
+@main.command(name="recipes")
+def recipes_command() -> None:
+    """List the shipped recipes, one line each (run one by name: mmcore run msp_tps)."""
+    from mmcore.shipped import shipped_recipes
+
+    found = shipped_recipes()
+    width = max((len(r.name) for r in found), default=0)
+    for shipped in found:
+        click.echo(f"{shipped.name:<{width}}  {shipped.description}")
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @set_option
 def show(recipe: str, overrides: tuple[str, ...]) -> None:
-    """Print the resolved recipe (includes merged, overrides applied, plugin defaults filled)."""
+    """Print the resolved recipe (includes merged, overrides applied, plugin defaults filled).
+
+    RECIPE is a file or a shipped recipe's name (mmcore recipes lists them)."""
+    from mmcore.recipe import dump_recipe
+    from mmcore.validate import strip_private
+
     _, _, resolved = prepare_recipe(recipe, overrides)
     click.echo(dump_recipe(strip_private(resolved)), nl=False)
 
@@ -285,9 +335,10 @@ def _list(kind: str, verbose: bool) -> None:
 
 for _kind in ("task", "backbone", "dataset", "head", "logger"):
     def _make(kind: str):
-        @main.command(name=f"list-{kind}s", help=f"List every registered {kind}.")
-        def _command() -> None:
-            _list(kind)
+        @main.command(name=f"list-{kind}s", help=f"List every registered {kind} with its options (type, default).")
+        @click.option("--verbose", "-v", is_flag=True, help="The long form: each one's docstring and option table.")
+        def _command(verbose: bool) -> None:
+            _list(kind, verbose)
         return _command
     _make(_kind)
 
@@ -325,20 +376,6 @@ def plugins_command() -> None:
                       ", ".join(info.registered))
     console.print(table)
 
-
-def _register_plugin_commands() -> None:
-    try:
-        plugins = load_plugins()
-    except MMCoreError:
-        return  # reported by whichever command loads plugins for real
-    plugins.hook.mmcore_register_commands(cli=main)
-
-
-main.add_command(data_group)
-main.add_command(report_command)
-main.add_command(inspect_command)
-main.add_command(evaluate_command)
-_register_plugin_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -14,16 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmcore.comparison import DIFFERENCE_LEGEND, Row, difference_table, find_baseline
 from mmcore.data.fileio import atomic_path
 from mmcore.errors import MMCoreError
 from mmcore.rundir import RunDir
 from mmcore.runmany import RESOLVED, is_complete, missing_parts, read_run, run_dirs_in
-from mmcore.summary import markdown_table
+from mmcore.seeds import GROUP_RECIPE, group_complete, group_recipe, group_runs, group_seeds, is_group
+from mmcore.summary import INTERVAL_LEGEND, markdown_table
 
 VIEW_LETTERS = {"token": "T", "phrase": "P", "sentence": "S"}
 TASK_ORDER = ["mlm", "mrfr", "moc", "tits", "itm_hs", "ifrs", "titp", "itm"]
 COUNT_WORDS = ["None", "Single", "Two", "Three"]
-PLOTS_HINT = 'matplotlib is not installed; pip install "mmcore[plots]" to draw them'
+PLOTS_HINT = 'matplotlib is not installed; pip install "mmcore-vlp[plots]" to draw them'
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ HEADLINE = [
     Column("TR R@1", "finetune", "retrieval", "tr_r1"),
     Column("ZS-TR R@1", "zero_shot", "retrieval", "tr_r1"),
 ]
-BASE_HEADER = ["recipe", "stage count", "stages used", "tasks"]
+BASE_HEADER = ["recipe", "stage count", "stages used", "tasks", "n (seeds)"]
 
 
 @dataclass
@@ -88,42 +90,62 @@ def load_run(path: Path) -> RunInfo:
                    missing=missing)
 
 
-def collect(paths: Sequence[Path], note: Callable[[str], None] = lambda _: None) -> list[RunInfo]:
-    """Runs for each path: a run directory, a directory of runs of one recipe (its newest complete run, else its
-    newest), or a directory of such directories. ``note`` hears which run stood for several."""
-    runs: list[RunInfo] = []
+def load_row(path: Path) -> Row:
+    """A seed group (one run per seed) or a single run directory as one row of the comparison."""
+    if is_group(path):
+        recipe = group_recipe(path)
+        runs = {seed: load_run(run) for seed, run in group_runs(path).items()}
+        return Row(str(recipe.get("name") or path.parent.name), recipe, runs, path, group_seeds(path))
+    run = load_run(path)
+    seed = int(run.recipe.get("seed") or 0)
+    return Row(run.label, run.recipe, {seed: run}, path, [seed])
+
+
+def collect(paths: Sequence[Path], note: Callable[[str], None] = lambda _: None) -> list[Row]:
+    """Rows for each path: a seed group or run directory, a recipe's directory of those (its newest complete one,
+    else its newest), or a directory of such directories. ``note`` hears which stood for several."""
+    rows: list[Row] = []
     for path in paths:
-        if (path / RESOLVED).is_file():
-            runs.append(load_run(path))
+        if is_group(path) or (path / RESOLVED).is_file():
+            rows.append(load_row(path))
             continue
         picked = _pick(path, note)
         if picked is not None:
-            runs.append(load_run(picked))
+            rows.append(load_row(picked))
             continue
         children = [p for p in sorted(path.iterdir()) if p.is_dir()] if path.is_dir() else []
         found = [run for run in (_pick(child, note) for child in children) if run is not None]
         if not found:
             raise MMCoreError(f"{path} is not a run directory (no {RESOLVED}) and holds no run directories")
-        runs.extend(load_run(run) for run in found)
-    _unique_labels(runs)
-    return runs
+        rows.extend(load_row(run) for run in found)
+    _unique_labels(rows)
+    return rows
 
 
 def _pick(directory: Path, note: Callable[[str], None]) -> Path | None:
-    runs = run_dirs_in(directory)
+    """The newest complete seed group or run directly under ``directory``, else the newest."""
+    groups = [p for p in directory.iterdir() if is_group(p)] if directory.is_dir() else []
+    runs = sorted([*run_dirs_in(directory), *groups], key=_written)
     if len(runs) <= 1:
         return runs[0] if runs else None
-    complete = [run for run in runs if is_complete(run)]
+    complete = [run for run in runs if (group_complete(run) if is_group(run) else is_complete(run))]
     chosen = (complete or runs)[-1]
     note(f"{directory}: {len(runs)} runs, reporting {chosen.name} (the newest{' complete' if complete else ''} one)")
     return chosen
 
 
-def _unique_labels(runs: list[RunInfo]) -> None:
-    labels = [run.label for run in runs]
-    for run in runs:
-        if labels.count(run.label) > 1:
-            run.label = f"{run.label} ({run.path.name})"
+def _written(path: Path) -> float:
+    for name in ("results.json", RESOLVED, GROUP_RECIPE):
+        if (path / name).exists():
+            return (path / name).stat().st_mtime
+    return 0.0
+
+
+def _unique_labels(rows: list[Row]) -> None:
+    labels = [row.label for row in rows]
+    for row in rows:
+        if labels.count(row.label) > 1:
+            row.label = f"{row.label} ({row.path.name})"
 
 
 def stage_label(stage: dict[str, Any]) -> str:
@@ -166,29 +188,33 @@ def columns(runs: Sequence[RunInfo]) -> list[Column]:
     return out
 
 
-def in_table_order(runs: Sequence[RunInfo]) -> list[RunInfo]:
-    """Runs grouped by stage count as Table 4 is, in the given order within a group."""
-    return sorted(runs, key=lambda run: len(run.recipe.get("stages") or []))
+def in_table_order(rows: Sequence[Row]) -> list[Row]:
+    """Rows grouped by stage count as Table 4 is, in the given order within a group."""
+    return sorted(rows, key=lambda row: len(row.recipe.get("stages") or []))
 
 
-def table(runs: Sequence[RunInfo], bold: Callable[[str], str] = lambda s: s) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (metrics in %) in :func:`in_table_order`; a column's best value, where several runs have
-    one, passes through ``bold``."""
-    cols = columns(runs)
+def row_columns(rows: Sequence[Row]) -> list[Column]:
+    """:func:`columns` over every seed's run of every row."""
+    return columns([run for row in rows for run in row.runs.values()])
+
+
+def table(rows: Sequence[Row], bold: Callable[[str], str] = lambda s: s) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (metrics in %: mean ± std [95% CI] over seeds, or one run's value) in
+    :func:`in_table_order`; a column's best mean, where several rows have one, passes through ``bold``."""
+    cols = row_columns(rows)
     best = {}
     for column in cols:
-        values = [v for v in (run.value(column) for run in runs) if v is not None]
-        best[column] = max(values) if len(values) > 1 else None
-    rows = []
-    for run in in_table_order(runs):
-        name = run.label + (" (incomplete)" if run.missing else "")
+        means = [s.mean for s in (row.summary(column) for row in rows) if s is not None]
+        best[column] = max(means) if len(means) > 1 else None
+    out = []
+    for row in in_table_order(rows):
+        name = row.label + (" (incomplete)" if row.missing else "")
         cells = []
         for column in cols:
-            value = run.value(column)
-            text = "–" if value is None else f"{100 * value:.2f}"
-            cells.append(bold(text) if value is not None and value == best[column] else text)
-        rows.append([name, *curriculum(run.recipe), *cells])
-    return [*BASE_HEADER, *(c.label for c in cols)], rows
+            summary, text = row.summary(column), row.cell(column)
+            cells.append(bold(text) if summary is not None and summary.mean == best[column] else text)
+        out.append([name, *curriculum(row.recipe), row.seeds_cell(), *cells])
+    return [*BASE_HEADER, *(c.label for c in cols)], out
 
 
 def loss_curves(run: RunInfo) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
@@ -219,29 +245,38 @@ def _file_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "run"
 
 
-def write_report(runs: Sequence[RunInfo], out: Path, plots: bool = True) -> list[Path]:
-    """Write ``report.md`` (and the PNG plots when ``plots`` and matplotlib allow) into ``out``; return the files."""
-    header, rows = table(runs, bold=lambda s: f"**{s}**")
+def write_report(rows: Sequence[Row], out: Path, plots: bool = True, baseline: str | None = None) -> list[Path]:
+    """Write ``report.md`` (and the PNG plots when ``plots`` and matplotlib allow) into ``out``; return the files.
+    With ``baseline`` (a reported recipe's name) it adds every other recipe's paired difference to it."""
+    header, table_rows = table(rows, bold=lambda s: f"**{s}**")
     figure = _figure_class() if plots else None
     written: list[Path] = []
     images: list[tuple[str, str]] = []
     if figure is not None:
-        bars = _plot_downstream(figure, runs, out / "downstream.png")
+        bars = _plot_downstream(figure, rows, out / "downstream.png")
         if bars is not None:
             written.append(bars)
-            images.append(("Downstream metrics (%)", bars.name))
-        for run in in_table_order(runs):
-            path = _plot_losses(figure, run, out / f"losses_{_file_name(run.label)}.png")
+            images.append(("Downstream metrics (%), error bars: 95% intervals", bars.name))
+        for row in (row for row in in_table_order(rows) if row.runs):
+            seed = min(row.runs)  # one seed's curves: every seed's would overlap into one band
+            path = _plot_losses(figure, row.runs[seed], out / f"losses_{_file_name(row.label)}.png")
             if path is not None:
                 written.append(path)
-                images.append((f"Pre-training losses: {run.label}", path.name))
+                images.append((f"Pre-training losses: {row.label}" + (f" (seed {seed})" if len(row.runs) > 1 else ""),
+                               path.name))
     lines = ["# Pre-training ablations", "",
              ("Metrics in % on each evaluation's split. IR/TR avg: mean of R@1, R@5 and R@10 (as in the paper's "
               "Table 4); ZS: zero-shot, from the pre-trained image-text matching head; –: not evaluated or skipped; "
-              "the best value of each column is bold."), "", markdown_table(header, rows), "", "## Runs", ""]
-    for run in in_table_order(runs):
-        state = "complete" if not run.missing else f"incomplete, missing: {', '.join(run.missing)}"
-        lines.append(f"- `{run.label}`: `{run.path}` ({state})")
+              f"the best mean of each column is bold. Cells: {INTERVAL_LEGEND}."), "",
+             markdown_table(header, table_rows), ""]
+    if baseline is not None:
+        base = find_baseline(rows, baseline)
+        lines += [f"## Paired differences to {base.label}", "", f"{DIFFERENCE_LEGEND}.", "",
+                  markdown_table(*difference_table(in_table_order(rows), base, row_columns(rows))), ""]
+    lines += ["## Runs", ""]
+    for row in in_table_order(rows):
+        state = "complete" if not row.missing else f"incomplete, missing: {', '.join(row.missing)}"
+        lines.append(f"- `{row.label}`: `{row.path}` ({state})")
     lines += ["", "## Plots", ""]
     if figure is None:
         lines.append("No plots: " + (PLOTS_HINT if plots else "not requested") + ".")
@@ -273,22 +308,33 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _plot_downstream(figure: Any, runs: Sequence[RunInfo], path: Path) -> Path | None:
-    cols = [c for c in columns(runs) if c in HEADLINE] or columns(runs)
+def _error_bar(row: Row, column: Column) -> tuple[float, float, float] | None:
+    """(mean, below, above) in %: the t interval over seeds, a single run's bootstrap interval, or none (0, 0)."""
+    summary = row.summary(column)
+    if summary is None:
+        return None
+    interval = (summary.low, summary.high) if summary.low is not None else row.bootstrap(column)
+    low, high = interval if interval is not None and interval[0] is not None else (summary.mean, summary.mean)
+    return 100 * summary.mean, 100 * (summary.mean - low), 100 * (high - summary.mean)
+
+
+def _plot_downstream(figure: Any, rows: Sequence[Row], path: Path) -> Path | None:
+    cols = [c for c in row_columns(rows) if c in HEADLINE] or row_columns(rows)
     if not cols:
         return None
-    runs = in_table_order(runs)
-    width = 0.8 / len(runs)
-    fig = figure(figsize=(min(40.0, 2.0 + len(cols) * (0.3 * len(runs) + 0.5)), 4.5), layout="constrained")
+    rows = in_table_order(rows)
+    width = 0.8 / len(rows)
+    fig = figure(figsize=(min(40.0, 2.0 + len(cols) * (0.3 * len(rows) + 0.5)), 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for index, run in enumerate(runs):
-        points = [(i, 100 * v) for i, c in enumerate(cols) if (v := run.value(c)) is not None]
+    for index, row in enumerate(rows):
+        points = [(i, bar) for i, c in enumerate(cols) if (bar := _error_bar(row, c)) is not None]
         if points:
-            ax.bar([i - 0.4 + width * (index + 0.5) for i, _ in points], [v for _, v in points], width, label=run.label)
+            ax.bar([i - 0.4 + width * (index + 0.5) for i, _ in points], [b[0] for _, b in points], width,
+                   yerr=[[b[1] for _, b in points], [b[2] for _, b in points]], capsize=2, label=row.label)
     ax.set_xticks(range(len(cols)), [c.label for c in cols])
     ax.set_ylabel("%")
-    ax.set_title("downstream metrics")
-    ax.legend(fontsize="small", ncols=max(1, math.ceil(len(runs) / 8)), loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("downstream metrics (error bars: 95% interval over seeds, or over test queries for one run)")
+    ax.legend(fontsize="small", ncols=max(1, math.ceil(len(rows) / 8)), loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 

@@ -127,9 +127,16 @@ def run_many(prepared: Sequence[tuple[Plugins, dict[str, Any]]], *, output_dir: 
     for index, (plugins, resolved) in enumerate(prepared, 1):
         name = resolved["name"]
         parent = output_dir or Path(resolved["output_dir"])
+        head = f"[bold]recipe {index}/{len(prepared)}[/bold]: [cyan]{name}[/cyan]"
+        if resolved.get("seeds"):  # a seed group: finished seed by seed
+            from mmcore.seeds import run_group_in_batch
+
+            status, path = run_group_in_batch(plugins, resolved, parent, run_name=run_name, overwrite=overwrite,
+                                              cache_dir=cache_dir, reporter=reporter, head=head, threads=threads)
+            outcomes.append(Outcome(name, status, path))
+            continue
         text = dump_recipe(strip_private(resolved))
         previous, complete = (None, False) if overwrite else find_previous(parent / name, text, run_name)
-        head = f"[bold]recipe {index}/{len(prepared)}[/bold]: [cyan]{name}[/cyan]"
         if previous is not None and complete:
             reporter.message(f"{head} complete in {previous}, skipped")
             outcomes.append(Outcome(name, "skipped", previous))

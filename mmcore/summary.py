@@ -8,6 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from mmcore.rundir import RunDir, atomic_write_text
+from mmcore.stats import Summary
 
 # Metrics shown first, in the order papers print them; anything else follows alphabetically.
 # question_only: the dataset's question-only baseline, shown beside the accuracy it is a floor for.
@@ -28,6 +29,28 @@ PAPER_COLUMNS: list[tuple[str, str, str, str]] = [
 ]
 
 
+SINGLE_SEED_NOTE = "one seed (n = 1): no ± or interval over seeds"
+INTERVAL_LEGEND = ("mean ± sample std [95% Student-t interval of the mean] over n seeds; n = 1: a single seed, so no "
+                   "± (a retrieval metric then shows its 95% bootstrap interval over the test queries)")
+
+
+def summary_cell(summary: Summary, n_row: int | None = None) -> str:
+    """A metric over seeds in %: ``48.78 ± 0.52 [47.49, 50.07]``; a single value alone; ``(n=2)`` appended when the
+    metric has fewer values than its row has seeds."""
+    if summary.std is None or summary.low is None or summary.high is None:
+        text = f"{100 * summary.mean:.2f}"
+    else:
+        text = f"{100 * summary.mean:.2f} ± {100 * summary.std:.2f} [{100 * summary.low:.2f}, {100 * summary.high:.2f}]"
+    return text + (f" (n={summary.n})" if n_row is not None and summary.n != n_row else "")
+
+
+def value_cell(value: float, interval: Any = None) -> str:
+    """One run's metric in %, with its bootstrap interval over test queries when the head gave one."""
+    if isinstance(interval, dict) and isinstance(interval.get("low"), (int, float)) and isinstance(interval.get("high"), (int, float)):
+        return f"{100 * value:.2f} (bootstrap {100 * interval['low']:.2f}–{100 * interval['high']:.2f})"
+    return f"{100 * value:.2f}"
+
+
 def evaluation_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows (one per evaluation, metrics in %) of a results dict."""
     evaluations = {k: v for k, v in results.items() if not k.startswith("_")}
@@ -41,7 +64,8 @@ def evaluation_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]
     rows = []
     for name, result in evaluations.items():
         metrics = result.get("metrics", {})
-        cells = [f"{100 * metrics[k]:.2f}" if k in metrics else "–" for k in keys]
+        intervals = result.get("intervals", {})
+        cells = [value_cell(metrics[k], intervals.get(k)) if k in metrics else "–" for k in keys]
         kind = result.get("kind", "")
         if "skipped" in result:
             kind += " (skipped)"
@@ -98,5 +122,5 @@ def write_summary(run: RunDir, recipe: dict[str, Any], results: dict[str, Any]) 
         lines.append("- no pre-training")
     lines += ["", "## Pre-training", "", markdown_table(*stage_rows(results)), "",
               "## Results (%)", "", markdown_table(*paper_rows(str(recipe["name"]), results)), "",
-              "## Evaluations (%)", "", markdown_table(*evaluation_rows(results)), ""]
+              "## Evaluations (%)", "", f"{SINGLE_SEED_NOTE}.", "", markdown_table(*evaluation_rows(results)), ""]
     atomic_write_text(run.path / "summary.md", "\n".join(lines))

@@ -25,6 +25,7 @@ TOP_KEYS = {
     "name": "run name (default: the recipe file's stem)",
     "description": "free text",
     "seed": "random seed (int)",
+    "seeds": "run the whole curriculum once per training seed, e.g. [0, 1, 2] (replaces seed; see docs/seeds.md)",
     "plugins": "local .py plugin files, relative to the recipe",
     "device": "auto | cpu | cuda | cuda:N",
     "output_dir": "parent directory of runs (default runs)",
@@ -85,6 +86,8 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
         out["threads"] = data["threads"]
         c.number(out["threads"], ("threads",), integer=True, minimum=1)
     c.number(out["seed"], ("seed",), integer=True, minimum=0)
+    if "seeds" in data:  # only when given, so that the resolved text of recipes without it is unchanged
+        out["seeds"] = _seeds(c, data["seeds"])
     c.number(out["log_every"], ("log_every",), integer=True, minimum=1)
     c.number(out["checkpoint_every"], ("checkpoint_every",), integer=True, minimum=0)
     every = out["checkpoint_every"]
@@ -117,6 +120,21 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     if c.errors:
         raise RecipeInvalid(c.errors)
     return out
+
+
+def _seeds(c: Checker, seeds: Any) -> list[Any]:
+    """``seeds``: a non-empty list of distinct non-negative integers (each becomes one run's ``seed``)."""
+    if not isinstance(seeds, list) or not seeds:
+        c.fail(("seeds",), f"seeds must be a non-empty list of integers, e.g. [0, 1, 2], got {seeds!r}")
+        return seeds if isinstance(seeds, list) else []
+    for index, seed in enumerate(seeds):
+        c.number(seed, ("seeds", str(index)), integer=True, minimum=0)
+    ints = [s for s in seeds if isinstance(s, int) and not isinstance(s, bool)]
+    repeated = sorted({s for s in ints if ints.count(s) > 1})
+    if repeated:
+        c.fail(("seeds",), f"seeds must be distinct (each runs into its own seed_<n> directory); repeated: "
+                           f"{', '.join(map(str, repeated))}")
+    return list(seeds)
 
 
 def _backbone(c: Checker, spec: Any) -> dict[str, Any]:

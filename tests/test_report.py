@@ -206,7 +206,8 @@ def test_report_table_markdown_and_plots(batch, tmp_path):
     out = tmp_path / "report"
     printed = cli(["report", *(str(batch["tmp"] / "runs" / name) for name in TINY), "--out", str(out)])
     header, *rows = markdown_rows((out / "report.md").read_text())
-    assert header[:5] == ["recipe", "stage count", "stages used", "tasks", "VQA acc"]
+    assert header[:6] == ["recipe", "stage count", "stages used", "tasks", "n (seeds)", "VQA acc"]
+    assert {row[4] for row in rows} == {"1 (seed 3; no ±)"}  # one run each: n = 1 is said, no ± shown
     assert {"IR avg", "ZS-IR avg", "TR avg", "ZS-TR avg", "IR R@1", "ZS-IR R@1", "TR R@1", "ZS-TR R@1"} <= set(header)
     # Grouped by stage count as in Table 4.
     assert [row[:4] for row in rows] == [["vanilla", *TABLE4["vanilla"]], ["tps_joint", *TABLE4["tps_joint"]],
@@ -285,9 +286,9 @@ def test_report_without_matplotlib_still_writes_markdown(batch, tmp_path, monkey
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` raise ImportError
     result = CliRunner().invoke(main, ["report", str(batch["runs"]["t_s"]), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert 'pip install "mmcore[plots]"' in result.output
+    assert 'pip install "mmcore-vlp[plots]"' in result.output
     text = (tmp_path / "report.md").read_text()
-    assert 'pip install "mmcore[plots]"' in text and "| t_s | Two | T → S |" in text
+    assert 'pip install "mmcore-vlp[plots]"' in text and "| t_s | Two | T → S |" in text
     assert not list(tmp_path.glob("*.png"))
 
 

@@ -1,0 +1,146 @@
+"""Repeated seeds: ``mmcore run RECIPE --seeds 0,1,2`` runs one seed group, aggregates it, and finishes it per seed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mmcore.cli import main
+from mmcore.stats import summarize
+from tests.helpers import comparable, invoke
+from tests.test_end_to_end import TINY
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def checkpoint_times(run: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in run.rglob("checkpoint.pt")}
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory) -> dict:
+    """The tiny msp_tps-shaped curriculum (token -> phrase -> sentence, zero-shot and two fine-tunings) over 3 seeds."""
+    tmp = tmp_path_factory.mktemp("seeds")
+    recipe = tmp / "tiny.yaml"
+    recipe.write_text(textwrap.dedent(TINY))
+    args = ["run", str(recipe), "--output-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache"), "--quiet"]
+    printed = invoke([*args, "--seeds", "0,1,2", "--run-name", "g"])
+    return {"tmp": tmp, "recipe": recipe, "args": args, "path": tmp / "runs" / "tiny" / "g", "printed": printed}
+
+
+def test_one_run_directory_per_training_seed(group):
+    path = group["path"]
+    assert sorted(p.name for p in path.iterdir()) == ["recipe.seeds.yaml", "results.json", "seed_0", "seed_1",
+                                                      "seed_2", "summary.md"]
+    assert yaml.safe_load((path / "recipe.seeds.yaml").read_text())["seeds"] == [0, 1, 2]
+    initial = {}
+    for seed in (0, 1, 2):
+        resolved = yaml.safe_load((path / f"seed_{seed}" / "recipe.resolved.yaml").read_text())
+        # The training seed changes, nothing else does: the dataset's own seed stays the recipe's.
+        assert resolved["seed"] == seed and "seeds" not in resolved
+        assert resolved["datasets"]["synthworld"]["seed"] == 0
+        results = json.loads((path / f"seed_{seed}" / "results.json").read_text())
+        assert {"zs_retrieval", "vqa", "retrieval"} <= set(results)
+        initial[seed] = results["_stages"]["token"]["final_loss"]
+    assert len(set(initial.values())) == 3  # different initialisation and data order per seed
+
+
+def test_aggregate_results_and_tables(group):
+    path = group["path"]
+    aggregate = json.loads((path / "results.json").read_text())
+    assert aggregate["_seeds"] == [0, 1, 2]
+    per_seed = {s: json.loads((path / f"seed_{s}" / "results.json").read_text()) for s in (0, 1, 2)}
+    accuracy = aggregate["vqa"]["metrics"]["accuracy"]
+    values = [per_seed[s]["vqa"]["metrics"]["accuracy"] for s in (0, 1, 2)]
+    expected = summarize(values)
+    assert accuracy["values"] == {str(s): v for s, v in zip((0, 1, 2), values)}
+    assert (accuracy["n"], accuracy["mean"], accuracy["std"]) == (3, expected.mean, expected.std)
+    assert (accuracy["ci_low"], accuracy["ci_high"]) == (expected.low, expected.high)
+    assert aggregate["retrieval"]["kind"] == "finetune" and aggregate["retrieval"]["metrics"]["ir_r1"]["n"] == 3
+    summary = (path / "summary.md").read_text()
+    row = f"| vqa | finetune | Acc | 3 | {100 * expected.mean:.2f} | {100 * expected.std:.2f} | " \
+          f"[{100 * expected.low:.2f}, {100 * expected.high:.2f}] |"
+    assert row in summary and "seed_2` (complete)" in summary
+    printed = flat(group["printed"])
+    assert f"Acc │ 3 │ {100 * expected.mean:.2f} │ {100 * expected.std:.2f} │" in printed
+    assert "95% Student-t interval" in printed
+
+
+def test_rerun_resumes_the_unfinished_seed_and_skips_the_finished(group):
+    path = group["path"]
+    seed_1 = path / "seed_1"
+    before = comparable(seed_1)
+    kept = {seed: checkpoint_times(path / f"seed_{seed}") for seed in (0, 2)}
+    # Seed 1 stopped after its phrase stage: no sentence checkpoint, no evaluations.
+    results = json.loads((seed_1 / "results.json").read_text())
+    del results["_stages"]["sentence"]
+    for name in ("zs_retrieval", "vqa", "retrieval"):
+        del results[name]
+    (seed_1 / "results.json").write_text(json.dumps(results))
+    shutil.rmtree(seed_1 / "stages" / "sentence")
+    shutil.rmtree(seed_1 / "finetune")
+    printed = invoke(["run", "--resume", str(path), "--cache-dir", str(group["tmp"] / "cache")])
+    text = flat(printed)
+    assert "seed 0 (1/3): complete in" in text and "seed 2 (3/3): complete in" in text
+    assert f"seed 1 (2/3) → {seed_1} (resuming)" in text
+    assert "stage phrase: checkpoint found, skipped" in text
+    for seed in (0, 2):
+        assert checkpoint_times(path / f"seed_{seed}") == kept[seed]
+    assert comparable(seed_1)[0] == before[0]  # the resumed seed ends as the uninterrupted one did
+    aggregate = json.loads((path / "results.json").read_text())
+    assert all(entry["complete"] for entry in aggregate["_runs"].values())
+    assert sorted(p.name for p in path.iterdir() if p.is_dir()) == ["seed_0", "seed_1", "seed_2"]
+
+
+def test_batch_rerun_finishes_seed_groups_per_seed(group):
+    tmp = group["tmp"]
+    vanilla = tmp / "vanilla.yaml"
+    vanilla.write_text(textwrap.dedent(TINY).replace("name: tiny", "name: vanilla").split("stages:")[0]
+                       + "seeds: [0, 1]\nstages: []\nfinetune:\n"
+                         "  - {name: vqa, head: vqa, data: {view: vqa}, max_steps: 1, batch_size: 8}\n")
+    args = ["run", str(group["recipe"]), str(vanilla), "--seeds", "0,1,2", "--output-dir", str(tmp / "runs"),
+            "--cache-dir", str(tmp / "cache"), "--quiet"]
+    first = flat(invoke(args))
+    # The seeded recipe's earlier group is found and complete; the new one runs all its seeds.
+    assert "skipped (seed 0 skipped, seed 1 skipped, seed 2 skipped)" in first
+    assert "new (seed 0 new, seed 1 new, seed 2 new)" in first
+    results = group["path"] / "seed_2" / "results.json"
+    data = json.loads(results.read_text())
+    del data["retrieval"]
+    results.write_text(json.dumps(data))
+    again = flat(invoke(args))
+    assert "resumed (seed 0 skipped, seed 1 skipped, seed 2 resumed)" in again
+    assert "skipped (seed 0 skipped, seed 1 skipped, seed 2 skipped)" in again
+    assert "retrieval" in json.loads(results.read_text())
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("[0, 0]", "seeds must be distinct (each runs into its own seed_<n> directory); repeated: 0"),
+    ("3", "seeds must be a non-empty list of integers"),
+    ("[]", "seeds must be a non-empty list of integers"),
+    ("[1, -2]", "seeds[1]: must be >= 0"),
+])
+def test_seeds_key_is_validated_with_file_and_line(tmp_path, value, message):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(textwrap.dedent(TINY) + f"seeds: {value}\n")
+    line = len(textwrap.dedent(TINY).splitlines()) + 1
+    result = CliRunner().invoke(main, ["validate", str(recipe)], terminal_width=300)
+    assert result.exit_code == 2 and message in flat(result.output), result.output
+    assert f"{recipe}:{line}" in flat(result.output) and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("value", ["0,x", "1,1", ","])
+def test_seeds_option_is_checked(tmp_path, value):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(textwrap.dedent(TINY))
+    result = CliRunner().invoke(main, ["run", str(recipe), "--seeds", value, "--output-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--seeds" in result.output
+    assert not (tmp_path / "tiny").exists()

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from mmcore import distributed
 from mmcore.api import Backbone, Batch, Dataset, Example, ExampleSource, Head, Task
+from mmcore.blame import blame, blame_hook, call, failures_logged, position
 from mmcore.buildcheck import build_all
 from mmcore.checkpointing import (
     CheckpointFiles,
@@ -122,9 +123,10 @@ class Engine:
         """The prepared dataset ``name`` with the recipe's options (built once per run)."""
         if name not in self._datasets:
             entry = self.registry.get("dataset", name)
-            dataset = entry.factory(self.recipe["datasets"].get(name, dict(entry.defaults)), self.cache_dir)
+            dataset = call(self.registry, entry, "__init__", entry.factory,
+                           self.recipe["datasets"].get(name, dict(entry.defaults)), self.cache_dir)
             self.reporter.message(f"[dim]preparing dataset {name}…[/dim]")
-            with self.dist.main_first():  # rank 0 generates or converts; the others then find the cache ready
+            with self.dist.main_first(), blame(self.registry, entry, "prepare"):  # rank 0 generates or converts
                 dataset.prepare(self.reporter.message)
             self._datasets[name] = dataset
         return self._datasets[name]
@@ -139,7 +141,8 @@ class Engine:
 
     def views(self, data: list[dict[str, Any]], split: str | None = None) -> tuple[list[ExampleSource], MixedExamples]:
         """The views of a recipe entry's ``data`` (in ``split``, else each one's own) and their mixture."""
-        views = [self.dataset(d["dataset"]).view(d["view"], split or d["split"]) for d in data]
+        views = [call(self.registry, self.registry.get("dataset", d["dataset"]), "view",
+                      self.dataset(d["dataset"]).view, d["view"], split or d["split"]) for d in data]
         return views, MixedExamples(views, [d.get("limit") for d in data])
 
     # ----- models -----------------------------------------------------------------------------------------
@@ -164,7 +167,8 @@ class Engine:
     def execute(self) -> dict[str, Any]:
         """Run every stage, zero-shot evaluation and fine-tuning not already complete; return all results. The run's
         loggers (``metrics.jsonl``'s and the recipe's ``loggers``) are registered from its start to its end."""
-        with run_loggers(self.plugins.manager, self.registry, self.run, self.recipe.get("loggers") or {}):
+        with failures_logged(self.run.path if self.run.main else None), \
+                run_loggers(self.plugins.manager, self.registry, self.run, self.recipe.get("loggers") or {}):
             return self._execute()
 
     def _execute(self) -> dict[str, Any]:
@@ -250,8 +254,10 @@ class Engine:
         return backbone, {"from": None}
 
     def _train_stage(self, index: int, stage: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
-        self.plugins.hook.mmcore_stage_start(run=self, stage=stage)
         name = stage["name"]
+        position.enter(f"stage {name!r}")
+        with blame_hook(self.registry, self.plugins.manager, "mmcore_stage_start"):
+            self.plugins.hook.mmcore_stage_start(run=self, stage=stage)
         files = self._files(self.run.stage_checkpoint(name), name, f"stage {name!r}")
         partial = files.begin()
         backbone, init = self._initial_backbone(stage, state)
@@ -269,11 +275,15 @@ class Engine:
         weights = {task_name: float(opts["weight"]) for task_name, opts in stage["tasks"].items()}
         generator = torch.Generator(device=self.device).manual_seed(self.dist.seed(self.seed + index))
 
+        entries = {task_name: self.registry.get("task", task_name) for task_name in tasks}
+        backbone_entry = self.registry.get("backbone", self.recipe["backbone"]["name"])
+
         def step(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-            for task in tasks.values():
-                task.corrupt(batch, generator)
-            output = backbone.encode(batch)
-            parts = {task_name: task.loss(output, batch) for task_name, task in tasks.items()}
+            for task_name, task in tasks.items():
+                call(self.registry, entries[task_name], "corrupt", task.corrupt, batch, generator)
+            output = call(self.registry, backbone_entry, "forward", backbone.encode, batch)
+            parts = {task_name: call(self.registry, entries[task_name], "loss", task.loss, output, batch)
+                     for task_name, task in tasks.items()}
             total = sum(weights[task_name] * loss for task_name, loss in parts.items())
             return total, parts
 
@@ -282,7 +292,7 @@ class Engine:
                     "tasks": {task_name: cpu_state(t) for task_name, t in tasks.items()}, "mmcore_format": 2}
 
         _, data = self.views(stage["data"])
-        prepare = [_as_list(task.prepare) for task in tasks.values()]
+        prepare = [_as_list(task.prepare, lambda: blame(self.registry, entries[n], "prepare")) for n, task in tasks.items()]
         collate = PrepareCollate(prepare, Collator(self.tokenizer, stage["max_text_len"]), self.dist.seed(self.seed + index))
         sampler = EpochSampler(data, [d["weight"] for d in stage["data"]], self.seed + index)
         result = train_loop(
@@ -328,7 +338,8 @@ class Engine:
         """Pass ``record`` to the ``mmcore_log`` hook: the core's logger appends it to ``metrics.jsonl``, and every
         enabled logger receives it (see :mod:`mmcore.loggers`)."""
         if self.dist.is_main:  # the record is already reduced over processes
-            self.plugins.hook.mmcore_log(run=self, step=int(record["step"]), metrics=record)
+            with blame_hook(self.registry, self.plugins.manager, "mmcore_log"):
+                self.plugins.hook.mmcore_log(run=self, step=int(record["step"]), metrics=record)
 
     def scratch(self, name: str) -> Path:
         """The folder of evaluation ``name`` for work that survives an interruption: ``<run>/eval/<name>/``."""
@@ -373,10 +384,12 @@ class Engine:
         with EvalContext(Collator(self.tokenizer, item["max_text_len"]), self.device,
                          self.recipe["eval_batch_size"], self.reporter, scratch) as ctx, torch.no_grad(), \
                 autocast(self.device, self.recipe.get("precision", "fp32")):
-            metrics = head.evaluate(backbone, views[0], ctx)
+            metrics = call(self.registry, self.registry.get("head", head.name), "evaluate", head.evaluate,
+                           backbone, views[0], ctx)
         return {k: float(v) for k, v in metrics.items()}
 
     def _zero_shot(self, item: dict[str, Any], state: dict[str, Any], pretrained: dict[str, Task]) -> dict[str, Any]:
+        position.enter(f"zero-shot evaluation {item['name']!r}")
         backbone = self.pretrained_backbone(state)
         # Only the tasks the start stage itself trained match its weights: a head left over from an earlier stage
         # was trained against a backbone that has moved on since (the paper's S -> P -> T has no zero-shot score).
@@ -390,10 +403,22 @@ class Engine:
                    f"head can start from (it trained {', '.join(own) or 'none'})")
             self.reporter.message(f"[yellow]zero-shot {item['name']}: skipped: no zero-shot head ({why})[/yellow]")
             return {**base, "skipped": f"no zero-shot head: {why}"}
-        metrics = self.dist.on_main(lambda: self.evaluate(head, backbone, item, split, self.scratch(item["name"])))  # rank 0 evaluates
-        return {**base, "metrics": metrics}
+        metrics, intervals = self.dist.on_main(  # rank 0 evaluates
+            lambda: (self.evaluate(head, backbone, item, split, self.scratch(item["name"])), self.query_intervals(head)))
+        return {**base, "metrics": metrics, **intervals}
+
+    @staticmethod
+    def query_intervals(head: Head) -> dict[str, Any]:
+        """``{"intervals": ...}``: a bootstrap interval over the test queries of the head's last evaluation for each
+        metric it gave per-query values for (empty when it gave none)."""
+        values = {k: torch.as_tensor(v).detach().double().cpu().numpy() for k, v in head.query_values().items()}
+        return {"intervals": query_intervals(values)} if values else {}
 
 
-def _as_list(prepare: Any):
-    """Adapt a task's one-example ``prepare`` to the list-returning form the collate function chains."""
-    return lambda example, source, rng: [prepare(example, source, rng)]
+def _as_list(prepare: Any, guard: Callable[[], Any]):
+    """Adapt a task's one-example ``prepare`` to the list-returning form the collate function chains; ``guard()``
+    names the plugin if it raises."""
+    def one(example: Example, source: ExampleSource, rng: Any) -> list[Example]:
+        with guard():
+            return [prepare(example, source, rng)]
+    return one

@@ -25,6 +25,7 @@ import torch
 from rich.markup import escape
 
 from mmcore.api import Backbone, Head, Task
+from mmcore.blame import blame, blame_hook, call, position
 from mmcore.checkpointing import CheckpointFiles, cpu_state, read_checkpoint
 from mmcore.data.collate import Collator
 from mmcore.distributed import micro_batch_size
@@ -116,7 +117,9 @@ def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretra
     """Fine-tune ``item`` from the pre-trained ``state``, or from the stage its ``init`` names (continuing a partial
     run), then evaluate it."""
     name = item["name"]
-    engine.plugins.hook.mmcore_stage_start(run=engine, stage=item)
+    position.enter(f"fine-tuning {name!r}")
+    with blame_hook(engine.registry, engine.plugins.manager, "mmcore_stage_start"):
+        engine.plugins.hook.mmcore_stage_start(run=engine, stage=item)
     if WARNING in item:
         engine.reporter.message(f"[yellow]warning:[/yellow] {escape(item[WARNING])}")
     state, pretrained = start_state(engine, item, state, pretrained)
@@ -189,7 +192,13 @@ def _train(engine: Engine, item: dict[str, Any], backbone: Backbone, head: Head,
         head.load_state_dict(partial["head"])
         selection.load(partial.get("selection"))
     _, data = engine.views(item["data"])
-    collate = PrepareCollate([head.prepare], Collator(engine.tokenizer, item["max_text_len"]),
+    entry = engine.registry.get("head", item["head"])
+
+    def prepare(*args: Any) -> list[Any]:
+        with blame(engine.registry, entry, "prepare"):
+            return head.prepare(*args)
+
+    collate = PrepareCollate([prepare], Collator(engine.tokenizer, item["max_text_len"]),
                              engine.dist.seed(engine.seed + 1000))
     sampler = EpochSampler(data, [1.0], engine.seed + 1000)
     per_epoch = _steps_per_epoch(engine, item, sampler)
@@ -224,7 +233,7 @@ def _train(engine: Engine, item: dict[str, Any], backbone: Backbone, head: Head,
 
         arguments.update(checkpoint=checkpoint, checkpoint_every=math.gcd(every, per_epoch) if every else per_epoch)
     result = train_loop(
-        description=f"fine-tune {name}", step_fn=lambda b: (head.loss(backbone, b), {}),
+        description=f"fine-tune {name}", step_fn=lambda b: (call(engine.registry, entry, "loss", head.loss, backbone, b), {}),
         modules=[backbone, head], data=data, sampler=sampler, collate=collate, batch_size=item["batch_size"],
         epochs=item["epochs"], max_steps=item["max_steps"], optim=item["optim"], device=engine.device,
         reporter=engine.reporter, log_every=engine.recipe["log_every"],

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import Sampler
 
 from mmcore.api import Batch, Example, ExampleSource
+from mmcore.blame import position
 from mmcore.checkpointing import capture_rng, restore_rng
 from mmcore.data.collate import Collator, to_device
 from mmcore.data.loader import Batches, useful_workers
@@ -334,6 +335,7 @@ def train_loop(
                 pending_rng = None
             while progress.in_epoch < steps_per_epoch and progress.step < total:
                 count = min(grad_accum, micro_per_epoch - progress.in_epoch * grad_accum)
+                position.step, position.epoch = progress.step + 1, epoch  # a plugin failure says where it was
                 optimizer.zero_grad(set_to_none=True)
                 outputs, samples = [], 0
                 for index in range(count):

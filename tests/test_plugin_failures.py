@@ -1,0 +1,80 @@
+"""Plugin code that raises during a run is named (plugin, distribution, method, stage, step) in one paragraph with
+its own last frames; the full traceback goes to the run's errors.log; the run resumes once the plugin is fixed."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+import mmcore.blame
+from tests.helpers import invoke
+from tests.test_plugin_containment import install
+
+RECIPE = """\
+name: flaky
+log_every: 1
+backbone: {name: lxmert_s, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64, x_layers: 1}
+datasets:
+  synthworld: {train_images: 40, val_images: 8, test_images: 8, vqa_train_images: 16, retrieval_train_images: 8,
+               max_regions: 6, feature_dim: 16, hard_negatives_top: 10}
+stages:
+  - {name: token, data: {view: token}, tasks: {mlm: {}}, max_steps: 2, batch_size: 8}
+  - {name: sentence, data: {view: sentence}, tasks: {mlm: {}, flaky: {}}, max_steps: 3, batch_size: 8}
+"""
+
+PLUGIN = """
+    import mmcore
+    from mmcore import Task
+
+    class Flaky(Task):
+        '''Its loss raises on the second call.'''
+        name = "flaky"
+
+        def __init__(self, info, backbone, **options):
+            super().__init__(info, backbone, **options)
+            self.calls = 0
+
+        def loss(self, output, batch):
+            self.calls += 1
+            if self.calls == 2 and BROKEN:
+                raise RuntimeError("the pooled output has no norm today")
+            return output.pooled.pow(2).mean()
+
+    @mmcore.hookimpl
+    def mmcore_register_tasks(registry):
+        registry.add_task(Flaky)
+"""
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_raising_loss_is_named_and_the_run_resumes_after_the_fix(tmp_path, third_party, cache_dir, monkeypatch):
+    monkeypatch.setattr(mmcore.blame, "_debug", False)  # restored after --debug below
+    install(third_party, "mmcore-flaky", "0.2.0", "flaky", "flaky_mod", "BROKEN = True\n" + textwrap.dedent(PLUGIN))
+    recipe = tmp_path / "flaky.yaml"
+    recipe.write_text(RECIPE)
+    runs, cache = tmp_path / "runs", ["--cache-dir", str(cache_dir), "--quiet"]
+    out = " ".join(invoke(["run", str(recipe), "--output-dir", str(runs), "--run-name", "a", *cache], code=1).split())
+    assert ("task 'flaky' of plugin 'flaky' (mmcore-flaky 0.2.0) raised RuntimeError: the pooled output has no "
+            "norm today in loss() during stage 'sentence', step 2, epoch 0.") in out
+    assert "flaky_mod.py:17 in loss: raise RuntimeError(" in out and "Traceback" not in out
+    run = runs / "flaky" / "a"
+    assert f"Full traceback: {run / 'errors.log'}" in out and "mmcore run --resume" in out
+    assert "Traceback (most recent call last)" in (run / "errors.log").read_text()
+    token_trained = (run / "stages" / "token" / "checkpoint.pt").stat().st_mtime_ns
+
+    out = invoke(["run", "--resume", str(run), "--debug", *cache], code=1)
+    assert "Traceback (most recent call last)" in out and "RuntimeError: the pooled output" in out
+
+    (third_party / "flaky_mod.py").write_text("BROKEN = False\n" + textwrap.dedent(PLUGIN))  # the author's fix
+    monkeypatch.delitem(sys.modules, "flaky_mod")  # as a new process would import it
+    invoke(["run", "--resume", str(run), *cache])
+    stages = json.loads((run / "results.json").read_text())["_stages"]
+    assert stages["sentence"]["steps"] == 3 and "final_flaky" in stages["sentence"] and stages["token"]["steps"] == 2
+    assert (run / "stages" / "token" / "checkpoint.pt").stat().st_mtime_ns == token_trained  # not trained again

@@ -15,6 +15,11 @@ An *example* is the per-item dict a view yields: the same names without the batc
 the visual fields and a plain ``text`` string (the collator tokenises). Tasks and heads add their own fields
 with a prefix (``itm_label``, ``vqa_target``, ...); the collator stacks any numeric field and keeps any other
 as a list.
+
+A view may mark words of its texts for masked-language objectives: ``focus_spans`` (:data:`FOCUS_SPANS`), a list
+of (start, end) character spans into ``text``, becomes ``focus_tokens`` (:data:`FOCUS_TOKENS`) [B,T] bool, true
+at the WordPieces inside a span (all false for an example without spans). The phrase views mark the attribute
+and category words of their phrases, which the paper's phrase-stage MLM masks.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ PAIR_FIELDS = TEXT_FIELDS | IMAGE_FIELDS
 # The second image of a two-image example (NLVR2): the image fields with this suffix (``visual_feats_1``, ...).
 SECOND_IMAGE_SUFFIX = "_1"
 SECOND_IMAGE_FIELDS = frozenset(f + SECOND_IMAGE_SUFFIX for f in IMAGE_FIELDS)
+FOCUS_SPANS = "focus_spans"  # example: character spans of the words a masked-language objective should target
+FOCUS_TOKENS = "focus_tokens"  # batch: [B,T] bool, the WordPieces inside those spans
 
 
 @dataclass(frozen=True)

@@ -498,3 +498,18 @@ def test_validate_rejects_selecting_on_the_reported_files(data_root: Path, tmp_p
     assert "accepted by select.allow_same_split" in result["warning"]
     out = run_cli(["validate", recipe, "--set", "finetune.vqa.select={allow_same_split: 1}"], code=2)
     assert flat("finetune[0].select.allow_same_split: must be true or false") in out
+
+
+def test_phrase_view_marks_the_attribute_and_category_words(data_root: Path, tmp_path: Path) -> None:
+    ds, messages = dataset(data_root, tmp_path)
+    view = ds.view("phrase", "train")
+    marked = {}
+    for index, (img_id, text) in enumerate(view.pairs):
+        example = view[index]
+        marked[text] = [text[a:b] for a, b in example["focus_spans"]]
+    # Every word of COCO[0]'s kept phrases is a detector attribute or object name ("traffic light": one name).
+    for text in (t for i, t in view.pairs if i == COCO[0]):
+        assert " ".join(marked[text]) == text.replace(",", "")
+    vg0 = next(t for i, t in view.pairs if i == VG[0])  # "white clouds in blue sky" and "red bus"
+    assert sorted(marked[vg0]) == ["blue", "bus", "red", "sky", "white"]  # not "clouds" (not a name), nor "in"
+    assert f"{len(view)} with attribute or category words marked" in messages[-1]

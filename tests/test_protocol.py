@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from mmcore_pretrain.tasks_masked import MLMTask
+from torch import nn
 
+from mmcore.api import FOCUS_SPANS, FOCUS_TOKENS, Backbone, DataInfo
+from mmcore.data.collate import Collator
+from mmcore.data.tokenizer import build_wordpiece, load_tokenizer
+from mmcore.data.views import WordMarker
+from mmcore.errors import MMCoreError
 from mmcore.plugins import load_plugins
 from mmcore.recipe import load_recipe
 from mmcore.validate import resolve
@@ -72,3 +81,82 @@ def test_zero_shot_after_a_last_stage_without_itm_reports_no_zero_shot_head(tmp_
     # From the stage that trained it, the same head is scored.
     assert set(results["zs_sentence"]["metrics"]) >= {"ir_r1", "tr_r1"}
     assert "skipped" not in results["zs_sentence"]
+
+
+# ---- the phrase stage's MLM masks attribute and category words --------------------------------------------------
+
+ATTRIBUTES, OBJECTS = ["red", "tall", "white"], ["traffic light", "tree", "dog"]
+PHRASES = ["red traffic light, tall tree, the sky", "a white dog", "the sky"]
+
+
+class _Embeddings(Backbone):
+    """Only what MLM's constructor reads: the word embeddings and the hidden size."""
+
+    hidden_size = 8
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 8)
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.embed
+
+
+@pytest.fixture(scope="module")
+def phrase_batch(tmp_path_factory) -> tuple[Any, dict[str, Any]]:
+    """(tokenizer, a collated batch of the hand-made phrases with their attribute and category words marked)."""
+    folder = tmp_path_factory.mktemp("tok")
+    build_wordpiece([*PHRASES, "traffic light"], folder, vocab_size=200, required=["red", "tall", "white"])
+    tok = load_tokenizer(folder)
+    marker = WordMarker([*ATTRIBUTES, *OBJECTS])
+    examples = [{"text": text, **extra} for text, extra in zip(PHRASES, marker.extras(PHRASES))]
+    return tok, Collator(tok, 20)(examples)
+
+
+def _words(tok: Any, batch: dict[str, Any], row: int, where: torch.Tensor) -> list[str]:
+    return tok.convert_ids_to_tokens(batch["input_ids"][row][where[row]].tolist())
+
+
+def test_phrase_views_mark_attribute_and_category_words(phrase_batch) -> None:
+    tok, batch = phrase_batch
+    focus = batch[FOCUS_TOKENS]
+    assert focus.shape == batch["input_ids"].shape and FOCUS_SPANS not in batch
+    assert _words(tok, batch, 0, focus) == ["red", "traffic", "light", "tall", "tree"]  # not ",", "the", "sky"
+    assert _words(tok, batch, 1, focus) == ["white", "dog"]
+    assert not focus[2].any()
+
+
+def _mlm(tok: Any, **options: Any) -> MLMTask:
+    info = DataInfo(vocab_size=len(tok), feature_dim=4, max_regions=2, num_objects=3, num_attributes=3,
+                    pad_token_id=tok.pad_token_id, cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id,
+                    mask_token_id=tok.mask_token_id, unk_token_id=tok.unk_token_id,
+                    special_token_ids=tuple(tok.all_special_ids), object_token_ids=())
+    return MLMTask(info, _Embeddings(len(tok)), **options)
+
+
+@pytest.mark.parametrize("mask_words", ["focus", "uniform"])
+def test_phrase_mlm_masks_the_marked_words_or_falls_back_to_uniform(phrase_batch, mask_words: str) -> None:
+    tok, batch = phrase_batch
+    content = batch["attention_mask"].bool() & ~torch.isin(batch["input_ids"], torch.tensor(tok.all_special_ids))
+    task = _mlm(tok, mask_prob=1.0, mask_words=mask_words)  # select every eligible token
+    corrupted = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    task.corrupt(corrupted, torch.Generator().manual_seed(0))
+    selected = corrupted["mlm_labels"] != -100
+    if mask_words == "focus":
+        assert _words(tok, batch, 0, selected) == ["red", "traffic", "light", "tall", "tree"]
+        assert _words(tok, batch, 1, selected) == ["white", "dog"]
+    else:
+        assert _words(tok, batch, 0, selected) == _words(tok, batch, 0, content)
+    assert torch.equal(selected[2], content[2])  # a text without marked words: all its WordPieces
+    with pytest.raises(MMCoreError, match="'mask_words' must be one of focus, uniform"):
+        _mlm(tok, mask_words="attributes")
+
+
+def test_phrase_mlm_at_the_usual_rate_selects_only_marked_words(phrase_batch) -> None:
+    tok, batch = phrase_batch
+    task = _mlm(tok)
+    for seed in range(20):
+        corrupted = dict(batch, input_ids=batch["input_ids"].clone())
+        task.corrupt(corrupted, torch.Generator().manual_seed(seed))
+        selected = corrupted["mlm_labels"] != -100
+        assert not (selected[:2] & ~batch[FOCUS_TOKENS][:2]).any()

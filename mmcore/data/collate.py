@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmcore.api import Batch, Example
+from mmcore.api import FOCUS_SPANS, FOCUS_TOKENS, Batch, Example
 from mmcore.data.devicecache import DeviceGather, RowRef, stack_refs
 
 
@@ -34,6 +34,8 @@ class Collator:
         self.tokenizer = tokenizer
         self.max_text_len = max_text_len
         self._tokens: dict[str, tuple[list[int], list[int]]] = {}  # text -> (ids, positions), unpadded
+        self._offsets: dict[str, list[tuple[int, int]]] = {}  # text -> each token's character span
+        self._focus: dict[tuple[str, tuple[tuple[int, int], ...]], list[int]] = {}  # -> token indices in spans
         self.pad_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
         self.pad_left = getattr(tokenizer, "padding_side", "right") == "left"
 
@@ -41,10 +43,11 @@ class Collator:
         """``input_ids``, ``attention_mask`` and ``position_ids`` of ``texts``, padded to the longest."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._tokens]
         if missing:
-            enc = self.tokenizer(missing, truncation=True, max_length=self.max_text_len)
+            enc = self.tokenizer(missing, truncation=True, max_length=self.max_text_len, return_offsets_mapping=True)
             for i, text in enumerate(missing):
                 ids = list(enc["input_ids"][i])
                 self._tokens[text] = (ids, whole_word_positions(enc.word_ids(i), [1] * len(ids)))
+                self._offsets[text] = [(int(a), int(b)) for a, b in enc["offset_mapping"][i]]
         rows = [self._tokens[t] for t in texts]
         width = max(len(ids) for ids, _ in rows)
         out = torch.zeros((3, len(texts), width), dtype=torch.long)
@@ -62,10 +65,25 @@ class Collator:
         batch: Batch = {}
         if "text" in examples[0]:
             batch.update(self.encode([ex["text"] for ex in examples]))
+            if any(FOCUS_SPANS in ex for ex in examples):
+                batch[FOCUS_TOKENS] = self.focus_tokens(examples, batch["input_ids"].shape[1])
         for key in examples[0]:
-            values = [ex[key] for ex in examples]
-            batch[key] = _stack(key, values)
+            if key != FOCUS_SPANS:
+                batch[key] = _stack(key, [ex[key] for ex in examples])
         return batch
+
+    def focus_tokens(self, examples: list[Example], width: int) -> torch.Tensor:
+        """[B,width] bool: the tokens of each example's (already encoded) text inside its ``focus_spans``."""
+        out = torch.zeros((len(examples), width), dtype=torch.bool)
+        for row, ex in enumerate(examples):
+            text, spans = ex["text"], tuple(tuple(s) for s in ex.get(FOCUS_SPANS, ()))
+            key = (text, spans)
+            if key not in self._focus:
+                self._focus[key] = [j for j, (a, b) in enumerate(self._offsets[text])
+                                    if b > a and any(s <= a and b <= e for s, e in spans)]
+            shift = width - len(self._offsets[text]) if self.pad_left else 0
+            out[row, [shift + j for j in self._focus[key]]] = True
+        return out
 
 
 def _stack(key: str, values: list[Any]) -> Any:

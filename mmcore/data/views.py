@@ -8,12 +8,13 @@ Every view implements :class:`mmcore.api.ExampleSource`. An example is ``{text, 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from mmcore.api import SECOND_IMAGE_SUFFIX, Example
+from mmcore.api import FOCUS_SPANS, SECOND_IMAGE_SUFFIX, Example
 from mmcore.data.store import FeatureStore
 from mmcore.errors import MMCoreError
 
@@ -208,6 +209,24 @@ def token_pairs(store: FeatureStore, object_names: Sequence[str], img_ids: Seque
                               f"{len(object_names)}-name objects vocabulary")
         pairs.append((img_id, " ".join(object_names[j] for j in labels)))
     return pairs
+
+
+class WordMarker:
+    """Finds whole-word occurrences of a vocabulary's names in texts (case-insensitive; a longer name wins, so
+    ``traffic light`` is one span, not ``light`` alone): the phrase views mark attribute and category words so."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        words = sorted({n.strip().lower() for n in names if n.strip()}, key=lambda n: (-len(n), n))
+        body = "|".join(r"\s+".join(map(re.escape, w.split())) for w in words)
+        self._pattern = re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE) if words else None
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) character spans of the names in ``text``, left to right, not overlapping."""
+        return [m.span() for m in self._pattern.finditer(text)] if self._pattern is not None else []
+
+    def extras(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """Per-text extra fields for a :class:`PairView`: ``focus_spans``, the marked words of each text."""
+        return [{FOCUS_SPANS: self.spans(text)} for text in texts]
 
 
 def remove_verb_phrases(phrases: Sequence[str], is_verb: Callable[[str], bool]) -> list[str]:

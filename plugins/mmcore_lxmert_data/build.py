@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mmcore.api import ExampleSource
+from mmcore.api import FOCUS_SPANS, ExampleSource
 from mmcore.data import annotations as ann
 from mmcore.data.views import (
     GQAView,
@@ -16,6 +16,7 @@ from mmcore.data.views import (
     PairView,
     RetrievalView,
     VQAView,
+    WordMarker,
     phrase_descriptions,
     token_pairs,
 )
@@ -51,10 +52,14 @@ def build_view(ds: LxmertData, name: str, split: str, family: str) -> tuple[Exam
             view = PairView(ann.pretrain_sentences(records, "mscoco"), union, hard)  # type: ignore[arg-type]
             return view, f"{n(len(view), 'mscoco caption')} of {n(len(view.image_ids()), 'image')} {where}"
         pairs, counts = phrase_pairs(ds, records)
-        view = PairView(pairs, union, hard)  # type: ignore[arg-type]
+        # The phrases' attribute and category words (the detector's names, aliases too), which the phrase MLM masks.
+        extra = WordMarker(ds.focus_words()).extras([text for _, text in pairs])
+        view = PairView(pairs, union, hard, extra)  # type: ignore[arg-type]
+        marked = sum(bool(e[FOCUS_SPANS]) for e in extra)
         return view, (f"{n(len(view), 'description')} of {n(len(view.image_ids()), 'image')} {where}; "
                       f"{counts['kept']:,} of {counts['total']:,} vg phrases kept, {counts['verb']:,} with a verb "
-                      f"removed (verb_filter {ds.options['verb_filter']})")
+                      f"removed (verb_filter {ds.options['verb_filter']}); {marked:,} with attribute or category "
+                      "words marked")
     if family in ("vqa", "gqa"):
         return answer_view(ds, family, files, union, split, where)
     if family == "nlvr2":

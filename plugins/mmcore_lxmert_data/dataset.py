@@ -221,6 +221,18 @@ class LxmertData(Dataset):
         return ann.read_vocab_txt(self._existing("attributes_vocab", self.options["attributes_vocab"],
                                                  "detector vocabulary"))
 
+    def focus_words(self) -> list[str]:
+        """Every object and attribute name of the detector's vocabularies, aliases included (``name,alias``)."""
+        words = []
+        for key in ("attributes_vocab", "objects_vocab"):
+            path = self._existing(key, self.options[key], "detector vocabulary")
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as exc:
+                raise MMCoreError(f"{path}: not a text vocabulary (byte {exc.start} is not UTF-8)") from None
+            words += [w.strip() for line in lines for w in line.split(",")]
+        return [w for w in words if w]
+
     def answers(self, task: str = "vqa") -> list[str] | None:
         """The answer table of ``vqa`` (option answer_table) or ``gqa`` (gqa_answer_table); None when absent."""
         path = self.path(self.options[_ANSWER_TABLES[task]])

@@ -40,17 +40,23 @@ def mask_tokens_once(
     mask_token_id: int,
     random_pool: Tensor,
     max_per_row: int | None = None,
+    focus: Tensor | None = None,
 ) -> None:
     """BERT masking: select content tokens with ``prob``; 80% [MASK], 10% a random ``random_pool`` id, 10% kept.
 
     Sets ``mlm_labels`` (original id at selected positions, -100 elsewhere) and rewrites ``input_ids``. With
     ``max_per_row`` a row keeps at most that many selections, chosen at random (BERT's max_predictions_per_seq).
+    With ``focus`` ([B,T] bool) a row selects only among its focus tokens; a row with none, among all its tokens.
     """
     if "mlm_labels" in batch:
         return
     ids: Tensor = batch["input_ids"]
     priority = _rand(ids.shape, generator)
-    selected = content_tokens(ids, batch["attention_mask"], special_ids) & (priority < prob)
+    eligible = content_tokens(ids, batch["attention_mask"], special_ids)
+    if focus is not None:
+        marked = eligible & focus
+        eligible = torch.where(marked.any(dim=1, keepdim=True), marked, eligible)
+    selected = eligible & (priority < prob)
     if max_per_row is not None and max_per_row < ids.shape[1]:
         # The selected tokens with the smallest priorities survive: a uniform subset, static shapes, no sync.
         rank = torch.where(selected, priority, 2.0).argsort(dim=1).argsort(dim=1)

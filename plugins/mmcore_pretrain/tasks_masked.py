@@ -8,12 +8,15 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from mmcore.api import Backbone, BackboneOutput, Batch, DataInfo, Task
+from mmcore.api import FOCUS_TOKENS, Backbone, BackboneOutput, Batch, DataInfo, Task
 from mmcore.errors import MMCoreError
 
 from .fields import FORWARD_FIELDS, IGNORE_INDEX
 from .heads import ObjectHead, TiedLMHead, regression_head
 from .masking import mask_regions_once, mask_tokens_once, selected_first
+
+
+MASK_WORDS = ("focus", "uniform")  # MLM's mask_words: the view's marked words where it marks any, or all alike
 
 
 def special_token_ids(info: DataInfo) -> list[int]:
@@ -25,6 +28,10 @@ def special_token_ids(info: DataInfo) -> list[int]:
 class MLMTask(Task):
     """Masked language modelling: predict the 15% selected WordPieces with a decoder tied to the embeddings.
 
+    ``mask_words``: ``focus`` (default) selects, in each text whose view marks words (``focus_tokens``: the
+    phrase views' attribute and category words, as the paper's phrase stage masks), only among those; texts
+    without marked words, and every text under ``uniform``, select among all their WordPieces alike.
+
     ``max_predictions`` (per sequence) is off by default: the loss then gathers exactly the selected tokens, a
     boolean gather whose size the host must learn (one sync per step). Set it (e.g. 8 for 20-token texts) to
     cap selections per row and gather a fixed [B, max_predictions] block: static shapes, no sync.
@@ -32,7 +39,7 @@ class MLMTask(Task):
 
     name: ClassVar[str] = "mlm"
     requires: ClassVar[frozenset[str]] = FORWARD_FIELDS
-    defaults: ClassVar[dict[str, Any]] = {"mask_prob": 0.15, "max_predictions": None}
+    defaults: ClassVar[dict[str, Any]] = {"mask_prob": 0.15, "max_predictions": None, "mask_words": "focus"}
     order: ClassVar[int] = 30
 
     def __init__(self, info: DataInfo, backbone: Backbone, **options: Any) -> None:
@@ -47,9 +54,13 @@ class MLMTask(Task):
         self.register_buffer("special_ids", torch.tensor(specials, dtype=torch.long), persistent=False)
         self.register_buffer("random_pool", torch.tensor(pool, dtype=torch.long), persistent=False)
         self.max_predictions = _cap(self.options["max_predictions"], self.name)
+        if self.options["mask_words"] not in MASK_WORDS:
+            raise MMCoreError(f"task mlm: option 'mask_words' must be one of {', '.join(MASK_WORDS)}, "
+                              f"got {self.options['mask_words']!r}")
 
     def corrupt(self, batch: Batch, generator: torch.Generator) -> None:
-        """Mask tokens (sets ``mlm_labels``)."""
+        """Mask tokens (sets ``mlm_labels``); with ``mask_words: focus``, the view's marked words."""
+        focus = batch.get(FOCUS_TOKENS) if self.options["mask_words"] == "focus" else None
         mask_tokens_once(
             batch,
             generator,
@@ -58,6 +69,7 @@ class MLMTask(Task):
             mask_token_id=self.info.mask_token_id,
             random_pool=self.random_pool,
             max_per_row=self.max_predictions,
+            focus=focus,
         )
 
     def loss(self, output: BackboneOutput, batch: Batch) -> Tensor:

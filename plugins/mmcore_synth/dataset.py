@@ -29,6 +29,7 @@ from mmcore.data.views import (
     PairView,
     RetrievalView,
     VQAView,
+    WordMarker,
     phrase_descriptions,
     remove_verb_phrases,
     token_pairs,
@@ -232,7 +233,10 @@ class SynthWorld(Dataset):
             records = ann.read_pretrain(root / f"pretrain_{split}.json")
             if name == "sentence":
                 return PairView(ann.pretrain_sentences(records, "mscoco"), store, hard)
-            return PairView(self._phrase_pairs(records), store, hard)
+            pairs = self._phrase_pairs(records)
+            # The phrases' attribute and category words, which the phrase stage's MLM masks.
+            marker = WordMarker([*self.attribute_names(), *self.object_names()])
+            return PairView(pairs, store, hard, extra=marker.extras([text for _, text in pairs]))
         if name == "vqa":
             return VQAView(ann.read_vqa(root / f"vqa_{split}.json"), ann.read_answer_table(root), store, hard)
         if name == "gqa":

@@ -22,7 +22,6 @@ from mmcore.registry import KINDS, Entry, Registry
 
 BEGIN = "<!-- BEGIN GENERATED OPTIONS (python -m mmcore.describe docs/plugins.md) -->"
 END = "<!-- END GENERATED OPTIONS -->"
-BUILT_IN = "mmcore"  # the distribution whose plugins the docs list
 
 
 def type_name(default: Any) -> str:
@@ -132,11 +131,14 @@ def update(page: Path, generated: str) -> str:
 
 
 def built_in_markdown() -> str:
-    """The generated section for the installed built-in plugins (distribution ``mmcore``)."""
+    """The generated section for the built-in plugins: those of the distribution that installs ``mmcore``."""
+    from importlib.metadata import packages_distributions
+
     from mmcore.plugins import load_plugins
 
+    own = set(packages_distributions().get("mmcore", []))
     plugins = load_plugins()
-    origins = {name for name, info in plugins.infos.items() if info.distribution == BUILT_IN}
+    origins = {name for name, info in plugins.infos.items() if info.distribution in own}
     return markdown(plugins.registry, origins)
 
 

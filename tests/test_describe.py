@@ -32,6 +32,8 @@ def test_describe_and_verbose_give_the_docstring_and_the_plugin(third_party):
     assert "did you mean 'grounded_count'" in out
 
 
-def test_option_types_follow_the_checker():
-    entry = load_plugins().registry.get("task", "mlm")
-    assert option_rows(entry) == [("mask_prob", "float", "0.15"), ("max_predictions", "any", "null")]
+def test_option_types_follow_the_checker(third_party):
+    registry = load_plugins().registry
+    assert option_rows(registry.get("task", "grounded_count")) == [("scale", "float", "1.0")]
+    rows = option_rows(registry.get("task", "mlm"))
+    assert ("mask_prob", "float", "0.15") in rows and ("max_predictions", "any", "null") in rows

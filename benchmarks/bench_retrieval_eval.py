@@ -4,25 +4,28 @@ for the 5,000,000 (caption, image) pairs of the Flickr30k 1k test (5,000 caption
     python benchmarks/bench_retrieval_eval.py --device cpu --hidden 128 --layers 2 --images 8
     python benchmarks/bench_retrieval_eval.py --device cuda --dtype bf16 --images 200 --batch-pairs 2048
 
-The batched path is the ``retrieval`` head's evaluation (``mmcore_heads.scoring.score_pairs``): inputs on the
-device once, batches gathered by index, the host reading scores back only every few batches. The naive
-reference scores one pair per forward pass and reads each score back (``--naive-pairs`` of them; 0 skips it),
-and the batched scores of those pairs are checked against it. Weights are random: the speed does not depend on
+Three paths over the same inputs, timed in the same run: ``pair encoder`` is the ``retrieval`` head's
+evaluation today (``RetrievalHead.score_matrix``: each caption's and each image's own part encoded once by the
+backbone's ``pair_encoder()``, only the cross-modality layers run per pair, the last one for the [CLS] positions
+only); ``whole pairs`` is the evaluation before that (every pair through ``Backbone.encode``, batches gathered
+by index), kept as the reference (``--no-old`` skips it) and checked against; the naive loop scores one pair per
+forward pass and reads each score back (``--naive-pairs`` of them; 0 skips it). Weights are random: the speed does not depend on
 them. Captions all have ``--tokens`` tokens ([CLS] and [SEP] included), images ``--regions`` real regions.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import click
 import numpy as np
 import torch
 from mmcore_heads.retrieval import RetrievalHead
-from mmcore_heads.scoring import PairInputs, ScoreMatrix, ScoringOptions, score_pairs
+from mmcore_heads.scoring import PairInputs, ScoreMatrix, ScoringOptions, score_pairs, scoring_autocast
 
-from mmcore.api import DataInfo
+from mmcore.api import DataInfo, PairEncoder
 from mmcore.plugins import load_plugins
 
 FLICKR_PAIRS = 5_000 * 1_000
@@ -47,6 +50,7 @@ class BenchConfig:
     captions_per_image: int = 5
     batch_pairs: int = 512
     naive_pairs: int = 16
+    old: bool = True  # also time the whole-pair path (the reference)
     seed: int = 0
 
 
@@ -57,6 +61,7 @@ class Result:
     method: str
     pairs: int
     seconds: float
+    scores: list[float] = field(default_factory=list)  # the naive loop's, to check the batched ones against
 
     @property
     def rate(self) -> float:
@@ -88,38 +93,65 @@ def build(cfg: BenchConfig) -> tuple[torch.nn.Module, RetrievalHead, PairInputs]
     return backbone, head, inputs
 
 
-def run_benchmark(cfg: BenchConfig) -> tuple[list[Result], float | None]:
-    """Time batched full-matrix scoring and the naive loop; (results, max |batched − naive| or None)."""
-    backbone, head, inputs = build(cfg)
-    bf16 = cfg.dtype == "bf16"
-    options = ScoringOptions(batch_pairs=cfg.batch_pairs, bf16=bf16)
+def _timed(method: str, inputs: PairInputs, score: Callable[[dict], torch.Tensor], options: ScoringOptions,
+           encode: Callable[[], PairInputs] | None = None) -> tuple[Result, ScoreMatrix]:
+    """Time one full-matrix scoring (after one warm-up row), including any per-caption/per-image encoding."""
     shape = (inputs.num_captions, inputs.num_images)
+    warm = np.zeros(shape, dtype=bool)
+    warm[0, :] = True  # one pass to warm kernels and the allocator up
+    score_pairs(encode() if encode else inputs, score, ScoreMatrix(shape), warm, lambda n: None, options)
+    matrix = ScoreMatrix(shape)
+    start = time.perf_counter()
+    scored = encode() if encode else inputs
+    score_pairs(scored, score, matrix, np.ones(shape, dtype=bool), lambda n: None, options)
+    return Result(method, shape[0] * shape[1], time.perf_counter() - start), matrix
 
-    def score(batch: dict) -> torch.Tensor:
-        return head.scores(backbone, batch)
 
+def run_benchmark(cfg: BenchConfig) -> tuple[list[Result], dict[str, float]]:
+    """Time the pair-encoder path, the whole-pair path and the naive loop; (results, max |difference| by check)."""
+    backbone, head, inputs = build(cfg)
+    options = ScoringOptions(batch_pairs=cfg.batch_pairs, bf16=cfg.dtype == "bf16")
+    encoder = backbone.pair_encoder()
+    results, diffs = [], {}
+    with torch.inference_mode():
+        new, new_matrix = _timed(f"pair encoder ({cfg.batch_pairs} pairs/pass)", inputs,
+                                 lambda b: head.pooled_scores(encoder.pooled(b)), options,
+                                 lambda: _encoded(inputs, encoder, options))
+        results.append(new)
     with torch.no_grad():
-        warm = np.zeros(shape, dtype=bool)
-        warm[0, :] = True  # one pass to warm kernels and the allocator up
-        score_pairs(inputs, score, ScoreMatrix(shape), warm, lambda n: None, options)
-        matrix = ScoreMatrix(shape)
-        start = time.perf_counter()
-        score_pairs(inputs, score, matrix, np.ones(shape, dtype=bool), lambda n: None, options)
-        results = [Result(f"batched ({cfg.batch_pairs} pairs/pass)", shape[0] * shape[1], time.perf_counter() - start)]
-        if cfg.naive_pairs <= 0:
-            return results, None
-        pairs = [(c, i) for c in range(shape[0]) for i in range(shape[1])][: cfg.naive_pairs]
-        autocast = torch.autocast(inputs.text["input_ids"].device.type, dtype=torch.bfloat16, enabled=bf16)
-        naive = []
-        start = time.perf_counter()
-        for c, i in pairs:
-            cap = torch.tensor([c], device=inputs.text["input_ids"].device)
-            img = torch.tensor([i], device=cap.device)
-            with autocast:
-                naive.append(float(score(inputs.batch(cap, img, cfg.tokens))[0]))  # a per-pair read-back
-        results.append(Result("naive (1 pair/pass)", len(pairs), time.perf_counter() - start))
-    batched = np.array([matrix.scores[c, i] for c, i in pairs])
-    return results, float(np.abs(batched - np.array(naive)).max())
+        if cfg.old:
+            old, old_matrix = _timed(f"whole pairs ({cfg.batch_pairs} pairs/pass)", inputs,
+                                     lambda b: head.scores(backbone, b), options)
+            results.append(old)
+            diffs["pair encoder vs whole pairs"] = float(np.abs(new_matrix.scores - old_matrix.scores).max())
+        if cfg.naive_pairs > 0:
+            naive, pairs = _naive(cfg, backbone, head, inputs)
+            results.append(naive)
+            diffs["pair encoder vs naive"] = float(np.abs(np.array([new_matrix.scores[c, i] for c, i in pairs])
+                                                          - np.array(naive.scores)).max())
+    return results, diffs
+
+
+def _encoded(inputs: PairInputs, encoder: PairEncoder, options: ScoringOptions) -> PairInputs:
+    with scoring_autocast(inputs, options):
+        return inputs.encoded(encoder)
+
+
+def _naive(cfg: BenchConfig, backbone: torch.nn.Module, head: RetrievalHead,
+           inputs: PairInputs) -> tuple[Result, list[tuple[int, int]]]:
+    """One pair per forward pass, each score read back."""
+    pairs = [(c, i) for c in range(inputs.num_captions) for i in range(inputs.num_images)][: cfg.naive_pairs]
+    autocast = torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
+    scores = []
+    start = time.perf_counter()
+    for c, i in pairs:
+        cap = torch.tensor([c], device=inputs.device)
+        img = torch.tensor([i], device=inputs.device)
+        with autocast:
+            scores.append(float(head.scores(backbone, inputs.batch(cap, img, cfg.tokens))[0]))  # a per-pair read-back
+    result = Result("naive (1 pair/pass)", len(pairs), time.perf_counter() - start)
+    result.scores = scores
+    return result, pairs
 
 
 def duration(seconds: float) -> str:
@@ -152,17 +184,21 @@ def format_table(cfg: BenchConfig, results: list[Result]) -> str:
 @click.option("--captions-per-image", default=5, show_default=True)
 @click.option("--batch-pairs", default=512, show_default=True)
 @click.option("--naive-pairs", default=16, show_default=True, help="Pairs timed one by one (0: skip).")
+@click.option("--old/--no-old", default=True, show_default=True,
+              help="Also time the whole-pair path (the evaluation before pair encoders) and compare the scores.")
 def main(**kwargs: object) -> None:
     """Print pairs/s of batched and naive retrieval scoring and the projected Flickr30k 1k test time."""
     cfg = BenchConfig(**kwargs)  # type: ignore[arg-type]
-    results, diff = run_benchmark(cfg)
+    results, diffs = run_benchmark(cfg)
     heads = cfg.heads or max(1, cfg.hidden // 64)
     click.echo(f"lxmert_s: hidden {cfg.hidden}, {cfg.layers} cross-modality layers, {heads} heads; {cfg.regions} "
                f"regions × {cfg.feat_dim}-d, {cfg.tokens} tokens; {cfg.images} images × {cfg.captions_per_image} "
                f"captions; {cfg.device} {cfg.dtype}, {torch.get_num_threads()} threads")
     click.echo(format_table(cfg, results))
-    if diff is not None:
-        click.echo(f"batched vs naive: max |score difference| {diff:.2e} over {min(cfg.naive_pairs, results[0].pairs)} pairs")
+    if cfg.old:
+        click.echo(f"pair encoder / whole pairs: {results[0].rate / results[1].rate:.2f}x the pairs/s")
+    for check, diff in diffs.items():
+        click.echo(f"{check}: max |score difference| {diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,29 @@ class Backbone(nn.Module):
         """Parameter counts by part, name -> count (``mmcore params`` prints them); default: ``total`` only."""
         return {"total": sum(p.numel() for p in self.parameters())}
 
+    def pair_encoder(self) -> PairEncoder | None:
+        """For scoring many (text, image) pairs in evaluation: a :class:`PairEncoder` that does each text's and
+        each image's own work once; None (the default) encodes every pair whole with :meth:`encode`."""
+        return None
+
+
+@runtime_checkable
+class PairEncoder(Protocol):
+    """Scores many (text, image) pairs (retrieval's caption × image matrix) in evaluation mode, without grad.
+
+    :meth:`texts` takes the text fields of all texts [C,T,...] and :meth:`images` the image fields of all images
+    [I,...]; each returns tensors whose first dimension is still C / I (a text's second dimension its token
+    position, so that a batch can be cut to its longest text), under keys distinct from each other's.
+    :meth:`pooled` takes those rows gathered for a batch of pairs and returns the [B,H] ``pooled`` output that
+    :meth:`Backbone.encode` gives for the same pairs, up to floating-point rounding.
+    """
+
+    def texts(self, fields: Batch) -> Batch: ...
+
+    def images(self, fields: Batch) -> Batch: ...
+
+    def pooled(self, pairs: Batch) -> Tensor: ...
+
 
 BackboneFactory = Callable[[dict[str, Any], DataInfo], Backbone]
 

@@ -107,10 +107,11 @@ def make_head(world: SynthWorld, **options: Any) -> RetrievalHead:
 
 
 def scored_pairs(backbone: torch.nn.Module) -> tuple[list[int], Any]:
-    """A counter of the pairs the backbone encodes, and the hook handle to remove."""
+    """A counter of the pairs the backbone encodes, and the hook handle to remove. It counts the pooler's rows:
+    whole pairs (``forward``) and pairs through the backbone's pair encoder both end there, once per pair."""
     count = [0]
-    handle = backbone.register_forward_hook(lambda module, args, kwargs, out: count.__setitem__(
-        0, count[0] + out.pooled.shape[0]), with_kwargs=True)
+    handle = backbone.pooler.register_forward_hook(lambda module, args, out: count.__setitem__(
+        0, count[0] + out.shape[0]))
     return count, handle
 
 
@@ -353,11 +354,13 @@ def test_the_benchmark_runs_at_a_toy_size_and_agrees_with_the_naive_loop() -> No
     bench = load_bench()
     cfg = bench.BenchConfig(hidden=16, layers=1, heads=2, regions=3, feat_dim=8, tokens=6, vocab=1100, images=3,
                             captions_per_image=2, batch_pairs=5, naive_pairs=4)
-    results, diff = bench.run_benchmark(cfg)
-    assert [r.pairs for r in results] == [18, 4] and all(r.seconds > 0 for r in results)
-    assert diff is not None and diff < 1e-5
+    results, diffs = bench.run_benchmark(cfg)
+    assert [r.pairs for r in results] == [18, 18, 4] and all(r.seconds > 0 for r in results)
+    assert set(diffs) == {"pair encoder vs whole pairs", "pair encoder vs naive"}
+    assert all(d < 1e-5 for d in diffs.values())
     table = bench.format_table(cfg, results)
-    assert table.count("\n") == 3 and "| batched (5 pairs/pass) | 18 |" in table
+    assert table.count("\n") == 4 and "| pair encoder (5 pairs/pass) | 18 |" in table
+    assert "| whole pairs (5 pairs/pass) | 18 |" in table
     assert bench.duration(2 * 3600 + 5 * 60) == "2 h 05 min" and bench.duration(61) == "1 min 01 s"
 
 

@@ -36,6 +36,7 @@ from mmcore_heads.scoring import (
     cache_key,
     encode_inputs,
     score_pairs,
+    scoring_autocast,
 )
 from mmcore_heads.shortlist import FIRST_STAGES, first_stage_scores, shortlist_mask
 
@@ -111,7 +112,11 @@ class RetrievalHead(Head):
 
     def scores(self, backbone: Backbone, batch: Batch) -> Tensor:
         """Matching score [B] = logit[1] − logit[0], so sigmoid(score) is softmax(ITM)[matched]."""
-        logits = self.match(backbone.encode(batch).pooled).float()
+        return self.pooled_scores(backbone.encode(batch).pooled)
+
+    def pooled_scores(self, pooled: Tensor) -> Tensor:
+        """The matching score [B] of pooled outputs [B,H] (see :meth:`scores`)."""
+        logits = self.match(pooled).float()
         return logits[:, 1] - logits[:, 0]
 
     def pair_scores(self, backbone: Backbone, batch: Batch) -> Tensor:
@@ -167,6 +172,8 @@ class RetrievalHead(Head):
 
         Every pair is scored by the cross-encoder unless ``shortlist`` is set; then only each caption's top-K
         images and each image's top-K captions by the ``shortlist_by`` first stage are, and the rest are -inf.
+        A backbone with a :meth:`~mmcore.api.Backbone.pair_encoder` (in eval mode) encodes each caption's and
+        each image's own part once; only the pairs' joint part runs per pair.
         """
         captions, image_ids, _ = self._selection(view)
         inputs = encode_inputs(ctx, captions, image_ids, view.image)
@@ -181,11 +188,20 @@ class RetrievalHead(Head):
         scratch = getattr(ctx, "scratch", None)  # a context from before scratch folders existed has none
         if cache is None and scratch is not None:  # the engine's folder of this evaluation: resumable by default
             cache = Path(scratch) / "scores.npz"
-        key = cache_key([backbone, self], inputs, image_ids, self.scoring.bf16) if cache is not None else ""
+        encoder = None if backbone.training else backbone.pair_encoder()
+        key = cache_key([backbone, self], inputs, image_ids, self.scoring.bf16,
+                        encoder is not None) if cache is not None else ""
         matrix = ScoreMatrix(shape, cache, key)
         advance = ctx.progress(int(candidates.sum()), "retrieval: scoring caption × image pairs")
-        score_pairs(inputs, lambda batch: self.scores(backbone, batch), matrix, candidates, advance, self.scoring,
-                    self.batch_hook)
+        with torch.inference_mode():
+            if encoder is None:
+                score_pairs(inputs, lambda batch: self.scores(backbone, batch), matrix, candidates, advance,
+                            self.scoring, self.batch_hook)
+            else:
+                with scoring_autocast(inputs, self.scoring):
+                    encoded = inputs.encoded(encoder)
+                score_pairs(encoded, lambda batch: self.pooled_scores(encoder.pooled(batch)), matrix, candidates,
+                            advance, self.scoring, self.batch_hook)
         scores = torch.from_numpy(matrix.scores).masked_fill(torch.from_numpy(~candidates), float("-inf"))
         return scores.to(ctx.device)
 

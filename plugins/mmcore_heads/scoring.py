@@ -15,7 +15,7 @@ import inspect
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mmcore.api import TEXT_FIELDS, Batch, EvalContext, Example
+from mmcore.api import TEXT_FIELDS, Batch, EvalContext, Example, PairEncoder
 from mmcore.data.fileio import atomic_path
 from mmcore.errors import MMCoreError
 
@@ -33,6 +33,7 @@ ScoreFn = Callable[[Batch], Tensor]
 ENCODED_IMAGE_FIELDS = ("visual_feats", "visual_pos", "visual_mask")
 _TEXT_TENSORS = ("input_ids", "attention_mask", "position_ids")
 _IMAGE_CHUNK = 256
+_TEXT_CHUNK = 1024
 
 
 @dataclass
@@ -42,11 +43,17 @@ class PairInputs:
     text: dict[str, Tensor]
     image: dict[str, Tensor]
     lengths: np.ndarray  # [C] real tokens per caption, on the host: each batch is trimmed to its longest
+    image_keys: tuple[str, ...] = ENCODED_IMAGE_FIELDS  # the image fields a batch of pairs gathers
 
     @property
     def num_captions(self) -> int:
         """C."""
         return int(self.lengths.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are."""
+        return next(iter(self.text.values())).device
 
     @property
     def num_images(self) -> int:
@@ -56,8 +63,23 @@ class PairInputs:
     def batch(self, captions: Tensor, images: Tensor, length: int) -> Batch:
         """The pairs (captions[k], images[k]) as one batch (device index vectors), texts cut to ``length``."""
         out: Batch = {k: v[:, :length].index_select(0, captions) for k, v in self.text.items()}
-        out.update({k: self.image[k].index_select(0, images) for k in ENCODED_IMAGE_FIELDS if k in self.image})
+        out.update({k: self.image[k].index_select(0, images) for k in self.image_keys if k in self.image})
         return out
+
+    def encoded(self, encoder: PairEncoder) -> PairInputs:
+        """These captions and images through a backbone's :class:`PairEncoder` (each one once, in chunks that
+        bound the memory of the intermediate activations); batches of the result gather the encoded rows."""
+        text: dict[str, list[Tensor]] = {}
+        for start in range(0, self.num_captions, _TEXT_CHUNK):
+            for key, value in encoder.texts({k: v[start : start + _TEXT_CHUNK] for k, v in self.text.items()}).items():
+                text.setdefault(key, []).append(value)
+        image: dict[str, list[Tensor]] = {}
+        for start in range(0, self.num_images, _IMAGE_CHUNK):
+            chunk = {k: v[start : start + _IMAGE_CHUNK] for k, v in self.image.items() if k in ENCODED_IMAGE_FIELDS}
+            for key, value in encoder.images(chunk).items():
+                image.setdefault(key, []).append(value)
+        return PairInputs({k: torch.cat(v) for k, v in text.items()}, {k: torch.cat(v) for k, v in image.items()},
+                          self.lengths, tuple(image))
 
 
 def encode_inputs(ctx: EvalContext, captions: Sequence[str], image_ids: Sequence[str],
@@ -147,7 +169,7 @@ def score_pairs(inputs: PairInputs, score: ScoreFn, matrix: ScoreMatrix, candida
     ``advance(n)`` moves the progress bar (it also gets ``info`` with pairs/s when it accepts one).
     ``batch_hook(batches)`` runs after each batch (after any flush it triggers); tests use it to interrupt.
     """
-    device = inputs.text["input_ids"].device
+    device = inputs.device
     info = _info_advance(advance)
     already = int((candidates & matrix.done).sum())
     if already:
@@ -160,7 +182,7 @@ def score_pairs(inputs: PairInputs, score: ScoreFn, matrix: ScoreMatrix, candida
     cap_dev = torch.from_numpy(captions).to(device)
     img_dev = torch.from_numpy(images).to(device)
     out = torch.empty(total, dtype=torch.float32, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if options.bf16 else nullcontext()
+    autocast = scoring_autocast(inputs, options)
     flushed, scored, start = 0, 0, time.perf_counter()
 
     def flush() -> None:
@@ -194,6 +216,11 @@ def score_pairs(inputs: PairInputs, score: ScoreFn, matrix: ScoreMatrix, candida
         raise
 
 
+def scoring_autocast(inputs: PairInputs, options: ScoringOptions) -> AbstractContextManager[Any]:
+    """bf16 autocast on the inputs' device when ``options.bf16``, else nothing."""
+    return torch.autocast(inputs.device.type, dtype=torch.bfloat16) if options.bf16 else nullcontext()
+
+
 def _info_advance(advance: Callable[..., None]) -> Callable[[int, str], None]:
     """``advance(n, info)`` when the context's bar takes an info text (the engine's does), else ``advance(n)``."""
     try:
@@ -205,9 +232,11 @@ def _info_advance(advance: Callable[..., None]) -> Callable[[int, str], None]:
     return lambda n, text: advance(n)
 
 
-def cache_key(modules: Sequence[nn.Module], inputs: PairInputs, image_ids: Sequence[str], bf16: bool) -> str:
-    """A digest of the weights, the tokenised captions, the image ids and feature sums, and the precision."""
-    digest = hashlib.sha1(f"bf16={bf16};images={len(image_ids)}".encode())
+def cache_key(modules: Sequence[nn.Module], inputs: PairInputs, image_ids: Sequence[str], bf16: bool,
+              pair_encoder: bool = False) -> str:
+    """A digest of the weights, the tokenised captions, the image ids and feature sums, the precision and whether
+    a pair encoder scores (its scores differ from whole-pair encoding by rounding: one matrix holds one kind)."""
+    digest = hashlib.sha1(f"bf16={bf16};images={len(image_ids)}{';pairs' if pair_encoder else ''}".encode())
     for module in modules:
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(name.encode())

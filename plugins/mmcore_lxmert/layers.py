@@ -37,11 +37,16 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, hidden: Tensor, context: Tensor, bias: Tensor | None) -> Tensor:
         """Attend from ``hidden`` [B,Lq,H] to ``context`` [B,Lk,H] with an additive ``bias`` [B,1,1,Lk]."""
-        batch, q_len, width = hidden.shape
-        k_len = context.shape[1]
-        q = self.query(hidden).view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.key(context).view(batch, k_len, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.value(context).view(batch, k_len, self.num_heads, self.head_dim).transpose(1, 2)
+        return self.attend(self.query(hidden), self.key(context), self.value(context), bias)
+
+    def attend(self, query: Tensor, key: Tensor, value: Tensor, bias: Tensor | None) -> Tensor:
+        """Attention from projected queries [B,Lq,H] to projected keys and values [B,Lk,H] (the part of
+        :meth:`forward` after the projections, for callers that projected once and reuse the projections)."""
+        batch, q_len, width = query.shape
+        k_len = key.shape[1]
+        q = query.view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+        k = key.view(batch, k_len, self.num_heads, self.head_dim).transpose(1, 2)
+        v = value.view(batch, k_len, self.num_heads, self.head_dim).transpose(1, 2)
         if bias is not None and bias.dtype != q.dtype:
             # Safety net for mixed dtypes; the backbone normally builds the bias in the compute dtype already.
             bias = bias.to(q.dtype)
@@ -88,9 +93,11 @@ class SelfAttentionBlock(nn.Module):
         self.self = MultiHeadAttention(hidden_size, num_heads, attention_dropout)
         self.output = AttentionOutput(hidden_size, hidden_dropout, eps)
 
-    def forward(self, hidden: Tensor, bias: Tensor | None) -> Tensor:
-        """A stream attends to itself; residual on ``hidden``."""
-        return self.output(self.self(hidden, hidden, bias), hidden)
+    def forward(self, hidden: Tensor, bias: Tensor | None, first_only: bool = False) -> Tensor:
+        """A stream attends to itself; residual on ``hidden``. ``first_only``: the output of position 0 only
+        [B,1,H] (it still attends to every position)."""
+        query = hidden[:, :1] if first_only else hidden
+        return self.output(self.self(query, hidden, bias), query)
 
 
 class Intermediate(nn.Module):
@@ -155,6 +162,27 @@ class CrossModalityLayer(nn.Module):
         """Update both streams; each bias masks the padded keys of its own stream."""
         lang_x = self.visual_attention(lang, visn, visn_bias)
         visn_x = self.visual_attention(visn, lang, lang_bias)
-        lang_x = self.lang_self_att(lang_x, lang_bias)
-        visn_x = self.visn_self_att(visn_x, visn_bias)
+        return self.after_cross(lang_x, lang_bias, visn_x, visn_bias)
+
+    def cross_projections(self, stream: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The shared cross-attention's (query, key, value) projections of one stream: they depend on that stream
+        alone, so a caller pairing many texts with many images computes them once per text and per image."""
+        att = self.visual_attention.att
+        return att.query(stream), att.key(stream), att.value(stream)
+
+    def forward_projected(self, lang: Tensor, lang_qkv: tuple[Tensor, Tensor, Tensor], lang_bias: Tensor | None,
+                          visn: Tensor, visn_qkv: tuple[Tensor, Tensor, Tensor], visn_bias: Tensor | None,
+                          first_only: bool = False) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` from the streams' :meth:`cross_projections`; ``first_only`` returns position 0 of
+        each stream only ([B,1,H]: all a pooler reads of the last layer)."""
+        block = self.visual_attention
+        lang_x = block.output(block.att.attend(lang_qkv[0], visn_qkv[1], visn_qkv[2], visn_bias), lang)
+        visn_x = block.output(block.att.attend(visn_qkv[0], lang_qkv[1], lang_qkv[2], lang_bias), visn)
+        return self.after_cross(lang_x, lang_bias, visn_x, visn_bias, first_only)
+
+    def after_cross(self, lang_x: Tensor, lang_bias: Tensor | None, visn_x: Tensor, visn_bias: Tensor | None,
+                    first_only: bool = False) -> tuple[Tensor, Tensor]:
+        """Self-attention and feed-forward of each stream after the cross-attention (``first_only``: position 0)."""
+        lang_x = self.lang_self_att(lang_x, lang_bias, first_only)
+        visn_x = self.visn_self_att(visn_x, visn_bias, first_only)
         return self.lang_output(self.lang_inter(lang_x), lang_x), self.visn_output(self.visn_inter(visn_x), visn_x)

@@ -35,6 +35,7 @@ from mmcore_lxmert.layers import (
     SingleModalityLayer,
     attention_bias,
 )
+from mmcore_lxmert.pairs import LxmertPairEncoder
 
 # Options that come from the dataset (DataInfo), not from a recipe.
 DATA_FIELDS = ("vocab_size", "visual_feat_dim")
@@ -221,6 +222,10 @@ class Lxmert(Backbone):
     def parameter_counts(self) -> dict[str, int]:
         """Parameters by part (see :func:`parameter_counts`); ``transformer`` is the paper's Table 1 count."""
         return parameter_counts(self)
+
+    def pair_encoder(self) -> LxmertPairEncoder:
+        """Scores many (text, image) pairs doing each text's and each image's own work once (:mod:`.pairs`)."""
+        return LxmertPairEncoder(self)
 
     def forward(  # type: ignore[override]
         self,

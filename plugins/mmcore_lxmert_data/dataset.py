@@ -9,7 +9,8 @@ Expected layout under ``data_root`` (every file name is an option; the defaults 
       lxmert/mscoco_train.json       pre-training JSON [{img_id, sentf: {source: [sentence]}, labelf}]
       lxmert/mscoco_nominival.json   (train)        lxmert/vgnococo.json (train)
       lxmert/mscoco_minival.json     (val)
-      vqa/train.json  vqa/nominival.json (train)    vqa/minival.json (val, and test: test.json has no answers)
+      vqa/train.json  vqa/nominival.json (train; val: a held-out slice of their images, option vqa_holdout)
+      vqa/minival.json (test: test.json has no answers; model selection never sees it)
       vqa/trainval_ans2label.json    the 3129-answer table
       flickr30k/flickr30k_train2014.json  flickr30k/flickr30k_test2014.json   [{img_path, sentences}]
       gqa/train.json  gqa/valid.json  gqa/testdev.json   [{img_id, label: {answer: 1.0}, question_id, sent}]
@@ -20,7 +21,8 @@ Expected layout under ``data_root`` (every file name is an option; the defaults 
       vg_gqa_imgfeat/gqa_testdev_obj36.h5  nlvr2_imgfeat/{train,valid,test}_obj36.h5
 
 Relative paths are resolved against ``data_root``, itself relative to the working directory. Views (same names
-and fields as ``synthworld``): ``token`` (each image's detector labels in region order, as text), ``phrase``
+and fields as ``synthworld``): ``token`` (each image's detector labels in region order, as text; the images with
+``mscoco`` captions unless ``token_images: all``), ``phrase``
 (the ``vg`` phrases of an image minus those with a verb, a few joined with commas), ``sentence`` (``mscoco``
 captions), ``vqa``, ``gqa``, ``nlvr2`` (a statement about two images) and ``retrieval``. A view is read, checked and counted the first time a stage uses it.
 

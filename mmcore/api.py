@@ -303,6 +303,11 @@ class Head(nn.Module):
         NotImplementedError for a head that does not match texts with images."""
         raise NotImplementedError(f"head {self.name!r} does not score text-image pairs")
 
+    def query_values(self) -> dict[str, Tensor]:
+        """Per-query values [Q] of the last :meth:`evaluate`, by metric, whose mean is that metric (e.g. each query's
+        hit for recall@K); the engine records a 95% bootstrap interval over the queries for each. Default: none."""
+        return {}
+
 
 class Dataset:
     """A source of views. Subclasses set ``name``, ``defaults`` and ``views`` (view name -> provided fields)."""

@@ -155,7 +155,7 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], seed_overrides: tu
     from mmcore.recipe import dump_recipe
     from mmcore.rundir import RunDir, atomic_write_text
     from mmcore.seeds import GROUP_RECIPE, is_group
-    from mmcore.summary import evaluation_rows, paper_rows, rich_table, stage_rows
+    from mmcore.summary import SINGLE_SEED_NOTE, evaluation_rows, paper_rows, rich_table, stage_rows
     from mmcore.validate import strip_private
 
     overrides = (*overrides, *seed_overrides)
@@ -198,6 +198,7 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], seed_overrides: tu
     if rows:  # a recipe without stages (fine-tuning only) has no pre-training to show
         console.print(rich_table("pre-training", header, rows))
     console.print(rich_table(f"results (%) — {run_dir.path}", *evaluation_rows(results)))
+    console.print(f"{SINGLE_SEED_NOTE}; for intervals over training seeds, run with --seeds 0,1,2", highlight=False)
     console.print(rich_table("as in the paper's Tables 2-3 (%)", *paper_rows(str(resolved["name"]), results)))
 
 

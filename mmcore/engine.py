@@ -29,6 +29,7 @@ from mmcore.loggers import run_loggers
 from mmcore.plugins import Plugins
 from mmcore.progress import Reporter
 from mmcore.rundir import RunDir, fingerprint
+from mmcore.stats import query_intervals
 from mmcore.summary import write_summary
 from mmcore.threads import apply_threads, choose_threads
 from mmcore.training import (

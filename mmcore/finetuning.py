@@ -148,17 +148,17 @@ def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretra
         backbone.load_state_dict(best["backbone"])
         head.load_state_dict(best["head"])
 
-    def evaluate() -> tuple[dict[str, float], Path | None]:  # rank 0 only; the others receive its result
+    def evaluate() -> tuple[dict[str, float], Path | None, dict[str, Any]]:  # rank 0 only; the others receive it
         metrics = engine.evaluate(head, backbone, item, item["eval_split"], engine.scratch(name))
-        return metrics, head.write_predictions(files.final.parent)
+        return metrics, head.write_predictions(files.final.parent), engine.query_intervals(head)
 
-    metrics, predictions = engine.dist.on_main(evaluate)
+    metrics, predictions, intervals = engine.dist.on_main(evaluate)
     engine.plugins.hook.mmcore_stage_end(run=engine, stage=item, metrics=metrics)
     relative = {"predictions": Path(os.path.relpath(predictions, engine.run.path)).as_posix()} if predictions else {}
     warning = {"warning": item[WARNING]} if WARNING in item else {}  # selected on the data it reports, as allowed
     return {"kind": "finetune", "head": item["head"], **started_from(item), "split": item["eval_split"],
-            "steps": result.steps, "seconds": round(result.seconds, 1), "metrics": metrics, **selection.result(),
-            **relative, **warning}
+            "steps": result.steps, "seconds": round(result.seconds, 1), "metrics": metrics, **intervals,
+            **selection.result(), **relative, **warning}
 
 
 def _selection_split(engine: Engine, item: dict[str, Any]) -> tuple[str | None, str]:

@@ -148,3 +148,18 @@ def bootstrap_interval(per_query: Sequence[float] | np.ndarray, level: float = L
     tail = 100.0 * (1.0 - level) / 2.0
     low, high = np.percentile(means, [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+def query_intervals(values: Mapping[str, Sequence[float] | np.ndarray], level: float = LEVEL) -> dict[str, dict]:
+    """Per metric, the percentile bootstrap interval of the mean of its per-query values, JSON-ready (what a
+    results entry's ``intervals`` records)."""
+    out = {}
+    for metric, per_query in values.items():
+        array = np.asarray(per_query, dtype=np.float64).ravel()
+        if array.size == 0:
+            continue
+        low, high = bootstrap_interval(array, level)
+        out[metric] = {"low": low, "high": high, "level": level, "queries": int(array.size),
+                       "method": "percentile bootstrap over test queries", "resamples": BOOTSTRAP_RESAMPLES,
+                       "seed": BOOTSTRAP_SEED}
+    return out

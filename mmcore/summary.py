@@ -29,9 +29,10 @@ PAPER_COLUMNS: list[tuple[str, str, str, str]] = [
 ]
 
 
-SINGLE_SEED_NOTE = "one seed (n = 1): no ± or interval over seeds"
+SINGLE_SEED_NOTE = ("one seed (n = 1): no ± or interval over seeds; (a–b): a 95% bootstrap interval over the test "
+                    "queries")
 INTERVAL_LEGEND = ("mean ± sample std [95% Student-t interval of the mean] over n seeds; n = 1: a single seed, so no "
-                   "± (a retrieval metric then shows its 95% bootstrap interval over the test queries)")
+                   "± (a retrieval metric then shows (a–b): its 95% bootstrap interval over the test queries)")
 
 
 def summary_cell(summary: Summary, n_row: int | None = None) -> str:
@@ -47,7 +48,7 @@ def summary_cell(summary: Summary, n_row: int | None = None) -> str:
 def value_cell(value: float, interval: Any = None) -> str:
     """One run's metric in %, with its bootstrap interval over test queries when the head gave one."""
     if isinstance(interval, dict) and isinstance(interval.get("low"), (int, float)) and isinstance(interval.get("high"), (int, float)):
-        return f"{100 * value:.2f} (bootstrap {100 * interval['low']:.2f}–{100 * interval['high']:.2f})"
+        return f"{100 * value:.2f} ({100 * interval['low']:.2f}–{100 * interval['high']:.2f})"
     return f"{100 * value:.2f}"
 
 

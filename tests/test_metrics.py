@@ -13,6 +13,7 @@ from mmcore_heads.metrics import (
     first_captions,
     image_retrieval_ranks,
     recall_at_k,
+    recall_hits,
     text_retrieval_ranks,
     vqa_accuracy,
 )
@@ -189,3 +190,18 @@ def test_image_without_caption_is_an_error() -> None:
         recall_at_k(torch.zeros(2, 3), [0, 1])
     with pytest.raises(ValueError):
         recall_at_k(torch.zeros(2, 2), [0, 2])
+
+
+def test_recall_hits_are_the_per_query_values_behind_every_recall():
+    # 3 images, 6 captions (2 each); random scores with ties, so pessimistic ranks matter.
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (6, 3), generator=generator).float()
+    owner = [0, 0, 1, 1, 2, 2]
+    hits = recall_hits(scores, owner, ks=(1, 2))
+    means = {**recall_at_k(scores, owner, ks=(1, 2)), **first_caption_tr(scores, owner, ks=(1, 2))}
+    assert set(hits) == set(means)
+    for metric, values in hits.items():
+        assert values.shape == ((6,) if metric.startswith("ir") else (3,)), metric
+        assert float(values.mean()) == pytest.approx(means[metric], abs=1e-6), metric  # theirs: float32
+    assert hits["ir_r1"].tolist() == (image_retrieval_ranks(scores, owner) < 1).double().tolist()
+

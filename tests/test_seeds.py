@@ -144,3 +144,22 @@ def test_seeds_option_is_checked(tmp_path, value):
     result = CliRunner().invoke(main, ["run", str(recipe), "--seeds", value, "--output-dir", str(tmp_path)])
     assert result.exit_code == 2 and "--seeds" in result.output
     assert not (tmp_path / "tiny").exists()
+
+
+def test_single_run_retrieval_has_a_bootstrap_interval_over_queries(group, tmp_path):
+    run = group["path"] / "seed_0"
+    results = json.loads((run / "results.json").read_text())
+    for name in ("zs_retrieval", "retrieval"):
+        intervals = results[name]["intervals"]
+        assert set(intervals) == set(results[name]["metrics"])
+        for metric, interval in intervals.items():
+            assert interval["low"] <= results[name]["metrics"][metric] <= interval["high"], (name, metric)
+        # IR ranks the test captions (5 per image), TR the 8 test images.
+        assert intervals["ir_r1"]["queries"] == 5 * intervals["tr_r1"]["queries"] == 40
+    assert "intervals" not in results["vqa"]  # the VQA head gives no per-query values
+    r1 = results["retrieval"]["intervals"]["ir_r1"]
+    cell = f"{100 * results['retrieval']['metrics']['ir_r1']:.2f} ({100 * r1['low']:.2f}–{100 * r1['high']:.2f})"
+    assert cell in (run / "summary.md").read_text()
+    invoke(["report", str(run), "--out", str(tmp_path), "--no-plots"])
+    report = (tmp_path / "report.md").read_text()
+    assert f"| {cell} |" in report and "| 1 (seed 0; no ±) |" in report

@@ -150,3 +150,24 @@ def first_caption_tr(
     sub = scores.float().index_select(0, first)  # row j = first caption of image j
     ranks = text_retrieval_ranks(sub, torch.arange(sub.shape[0], device=scores.device))
     return {f"tr_first_caption_r{k}": float((ranks < k).float().mean()) for k in ks}
+
+
+def recall_hits(
+    scores: Tensor, caption_image: Sequence[int] | Tensor, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, Tensor]:
+    """Each query's hit behind :func:`recall_at_k` and :func:`first_caption_tr`: per metric a [Q] tensor whose mean is
+    that metric (IR: one value per caption; TR: per image; ``*_mean``: the query's mean hit over ``ks``)."""
+    if not ks:
+        raise ValueError("ks must name at least one K")
+    scores = scores.float()
+    out: dict[str, Tensor] = {}
+    for prefix, ranks in (("ir", image_retrieval_ranks(scores, caption_image)),
+                          ("tr", text_retrieval_ranks(scores, caption_image))):
+        hits = {f"{prefix}_r{k}": (ranks < k).double() for k in ks}
+        out.update(hits)
+        out[f"{prefix}_mean"] = torch.stack(list(hits.values())).mean(dim=0)
+    first = first_captions(caption_image, scores.shape[1]).to(scores.device)
+    sub = scores.index_select(0, first)
+    ranks = text_retrieval_ranks(sub, torch.arange(sub.shape[0], device=scores.device))
+    out.update({f"tr_first_caption_r{k}": (ranks < k).double() for k in ks})
+    return out

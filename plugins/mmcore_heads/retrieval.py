@@ -28,7 +28,7 @@ from mmcore.api import (
     init_bert_,
 )
 from mmcore.errors import MMCoreError
-from mmcore_heads.metrics import DEFAULT_KS, first_caption_tr, recall_at_k
+from mmcore_heads.metrics import DEFAULT_KS, first_caption_tr, recall_at_k, recall_hits
 from mmcore_heads.scoring import (
     ScoreMatrix,
     ScoringOptions,
@@ -79,6 +79,7 @@ class RetrievalHead(Head):
         self.scoring = _scoring_options(self.options)
         # Called with the number of batches scored so far after each evaluation batch (tests interrupt with it).
         self.batch_hook: Callable[[int], None] | None = None
+        self._query_hits: dict[str, Tensor] = {}  # of the last evaluate(), for query_values()
         self.match = nn.Linear(hidden_size, 2)
         init_bert_(self.match)
         self.initialized_from: str | None = None
@@ -165,7 +166,12 @@ class RetrievalHead(Head):
         """
         _, _, caption_image = self._selection(view)
         scores = self.score_matrix(backbone, view, ctx)
+        self._query_hits = {k: v.cpu() for k, v in recall_hits(scores, caption_image, self.ks).items()}
         return {**recall_at_k(scores, caption_image, self.ks), **first_caption_tr(scores, caption_image, self.ks)}
+
+    def query_values(self) -> dict[str, Tensor]:
+        """Each query's hit in the last :meth:`evaluate` (captions for IR, images for TR), by metric."""
+        return dict(self._query_hits)
 
     def score_matrix(self, backbone: Backbone, view: ExampleSource, ctx: EvalContext) -> Tensor:
         """Scores [C,I] of the selected captions against the selected images (see :mod:`mmcore_heads.scoring`).

@@ -154,7 +154,7 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], seed_overrides: tu
     from mmcore.progress import Reporter
     from mmcore.recipe import dump_recipe
     from mmcore.rundir import RunDir, atomic_write_text
-    from mmcore.seeds import GROUP_RECIPE, is_group
+    from mmcore.seeds import GROUP_RECIPE, is_group, refresh_group
     from mmcore.summary import SINGLE_SEED_NOTE, evaluation_rows, paper_rows, rich_table, stage_rows
     from mmcore.validate import strip_private
 
@@ -191,6 +191,8 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], seed_overrides: tu
         if resume is None and run_dir.main:
             _remove_unstarted(run_dir.path)
         raise
+    if is_group(run_dir.path.parent):  # one seed of a group resumed on its own: keep the group's aggregate current
+        refresh_group(run_dir.path.parent)
     if not run_dir.main:  # under torchrun, rank 0 prints the tables
         return
     console = _stdout_console()
@@ -260,7 +262,8 @@ def validate(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> None:
             continue
         stages = " → ".join(s["name"] for s in resolved["stages"]) or "no pre-training"
         console.print(f"[green]ok[/green] {escape(recipe)}: {escape(stages)}; {len(resolved['zero_shot'])} "
-                      f"zero-shot, {len(resolved['finetune'])} fine-tuning")
+                      f"zero-shot, {len(resolved['finetune'])} fine-tuning"
+                      + (f"; seeds {', '.join(map(str, resolved['seeds']))}" if resolved.get("seeds") else ""))
     if failed:
         raise MMCoreError(f"{failed} of {len(recipes)} recipes are invalid (each problem is listed above)")
 

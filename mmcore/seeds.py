@@ -177,6 +177,11 @@ def write_aggregate(group: RunDir, resolved: dict[str, Any]) -> dict[str, Any]:
     return aggregate
 
 
+def refresh_group(path: Path) -> None:
+    """Rewrite the aggregate of the seed group at ``path`` from its seeds' results (after one seed was resumed alone)."""
+    write_aggregate(RunDir(path), group_recipe(path))
+
+
 def _results(path: Path) -> dict[str, Any]:
     file = path / "results.json"
     try:

@@ -163,3 +163,23 @@ def test_single_run_retrieval_has_a_bootstrap_interval_over_queries(group, tmp_p
     invoke(["report", str(run), "--out", str(tmp_path), "--no-plots"])
     report = (tmp_path / "report.md").read_text()
     assert f"| {cell} |" in report and "| 1 (seed 0; no ±) |" in report
+
+
+def test_resuming_one_seed_alone_refreshes_the_group(group):
+    path = group["path"]
+    (path / "results.json").unlink()
+    (path / "summary.md").unlink()
+    results_path = path / "seed_2" / "results.json"
+    results = json.loads(results_path.read_text())
+    kept = results.pop("vqa")
+    results_path.write_text(json.dumps(results))
+    invoke(["run", "--resume", str(path / "seed_2"), "--cache-dir", str(group["tmp"] / "cache"), "--quiet"])
+    assert json.loads(results_path.read_text())["vqa"]["metrics"] == kept["metrics"]
+    aggregate = json.loads((path / "results.json").read_text())
+    assert aggregate["vqa"]["metrics"]["accuracy"]["values"]["2"] == kept["metrics"]["accuracy"]
+    assert aggregate["vqa"]["metrics"]["accuracy"]["n"] == 3 and (path / "summary.md").is_file()
+
+
+def test_validate_names_the_seeds(group):
+    printed = invoke(["validate", str(group["recipe"]), "--set", "seeds=[4, 5]"])
+    assert "2 fine-tuning; seeds 4, 5" in flat(printed)

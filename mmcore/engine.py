@@ -26,6 +26,7 @@ from mmcore.evalcontext import EvalContext
 from mmcore.errors import MMCoreError
 from mmcore.finetuning import finetune, start_state, started_from
 from mmcore.loggers import run_loggers
+from mmcore.machine import machine_fingerprint
 from mmcore.plugins import Plugins
 from mmcore.progress import Reporter
 from mmcore.rundir import RunDir, fingerprint
@@ -80,6 +81,7 @@ class Engine:
         apply_threads(choice)
         self.results.setdefault("_run", {})["threads"] = choice.record()
         self.reporter.message(f"[dim]{choice.threads} intra-op thread(s) ({choice.source})[/dim]")
+        self.results["_run"]["machine"] = machine_fingerprint()  # what a bit-identical rerun needs besides the recipe
 
     # ----- data -------------------------------------------------------------------------------------------
     def dataset(self, name: str) -> Dataset:

@@ -31,7 +31,7 @@ def comparable(run: Path) -> tuple[dict, list]:
     results = json.loads((run / "results.json").read_text())
     results.pop("_run")
     for entry in [*results["_stages"].values(), *(v for k, v in results.items() if not k.startswith("_"))]:
-        entry.pop("seconds")
+        entry.pop("seconds", None)  # zero-shot entries have no training time
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for record in records:
         record.pop("samples_per_s", None)  # validation records (after a fine-tuning's epoch) have none

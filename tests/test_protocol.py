@@ -160,3 +160,13 @@ def test_phrase_mlm_at_the_usual_rate_selects_only_marked_words(phrase_batch) ->
         task.corrupt(corrupted, torch.Generator().manual_seed(seed))
         selected = corrupted["mlm_labels"] != -100
         assert not (selected[:2] & ~batch[FOCUS_TOKENS][:2]).any()
+
+
+def test_a_batch_mixing_marked_and_unmarked_views_collates_in_either_order(phrase_batch) -> None:
+    tok, _ = phrase_batch
+    marked = {"text": PHRASES[1], FOCUS_SPANS: WordMarker(OBJECTS).spans(PHRASES[1])}  # "dog" only
+    plain = {"text": "a white dog"}  # a sentence-view example: no marks, masked uniformly
+    for examples, row in (([marked, plain], 0), ([plain, marked], 1)):
+        batch = Collator(tok, 20)(examples)
+        assert _words(tok, batch, row, batch[FOCUS_TOKENS]) == ["dog"]
+        assert not batch[FOCUS_TOKENS][1 - row].any() and FOCUS_SPANS not in batch

@@ -76,7 +76,7 @@ class Collator:
         """[B,width] bool: the tokens of each example's (already encoded) text inside its ``focus_spans``."""
         out = torch.zeros((len(examples), width), dtype=torch.bool)
         for row, ex in enumerate(examples):
-            text, spans = ex["text"], tuple(tuple(s) for s in ex.get(FOCUS_SPANS, ()))
+            text, spans = ex["text"], tuple((int(s), int(e)) for s, e in ex.get(FOCUS_SPANS, ()))
             key = (text, spans)
             if key not in self._focus:
                 self._focus[key] = [j for j, (a, b) in enumerate(self._offsets[text])

@@ -45,6 +45,15 @@ def mmcore_register_commands(cli: Any) -> None:
     """Add click commands to the ``mmcore`` group."""
 
 
+@hookspec(firstresult=True)
+def mmcore_export_backbone(name: str, backbone: Any, directory: Any) -> dict[str, Any] | None:
+    """``mmcore export``: if ``backbone`` (registered as ``name``) is yours, write it into ``directory`` (a
+    ``pathlib.Path``) as a Hugging Face model directory (``config.json`` and ``model.safetensors`` that
+    ``transformers`` loads, plus any side file mmcore needs to rebuild it exactly) and return
+    ``{"files": [...], "options": {...}, "differences": [...]}``: the files written, the backbone options that
+    rebuild it (with ``weights: <directory>``), and what transformers will not reproduce. Else return None."""
+
+
 @hookspec
 def mmcore_stage_start(run: Any, stage: Any) -> None:
     """Called before a pre-training stage or fine-tuning starts."""

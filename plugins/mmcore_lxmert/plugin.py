@@ -12,7 +12,7 @@ from mmcore.api import DataInfo
 from mmcore.errors import MMCoreError, did_you_mean
 from mmcore.registry import Registry
 from mmcore_lxmert.model import DATA_FIELDS, Lxmert, LxmertConfig
-from mmcore_lxmert.weights import load_weights
+from mmcore_lxmert.weights import export_pretrained, load_weights
 
 # `weights` is read by the factory, not by the model: a file or save_pretrained directory to load after building
 # (relative paths are relative to the working directory).
@@ -66,3 +66,11 @@ def mmcore_register_backbones(registry: Registry) -> None:
     """Add ``lxmert`` and ``lxmert_s``."""
     registry.add_backbone("lxmert", build_lxmert, defaults=LXMERT_DEFAULTS)
     registry.add_backbone("lxmert_s", build_lxmert_s, defaults=LXMERT_S_DEFAULTS)
+
+
+@mmcore.hookimpl
+def mmcore_export_backbone(name: str, backbone: Any, directory: Path) -> dict[str, Any] | None:
+    """Export ``lxmert``/``lxmert_s`` for ``transformers.LxmertModel`` (extras in a side file); others: None."""
+    if name not in ("lxmert", "lxmert_s") or not isinstance(backbone, Lxmert):
+        return None
+    return export_pretrained(backbone, directory, name)

@@ -12,7 +12,10 @@ reported as missing.
 
 Out (:func:`export_transformers`): ``config.json`` + ``model.safetensors`` that ``transformers.LxmertModel``
 loads with ``from_pretrained``. LXMERT-S's extras have no place there and are left out; its outputs equal
-mmcore's only with ``visual_cls``, ``product_pooler`` and ``whole_word_positions`` off.
+mmcore's only with ``visual_cls``, ``product_pooler`` and ``whole_word_positions`` off. :func:`export_pretrained`
+adds the side file ``mmcore_extras.safetensors`` (the extras' tensors) and ``mmcore_backbone.json`` (the options
+transformers has no field for); :func:`read_state_dict` of such a directory reads the extras too, so a backbone
+built with those options and ``weights: <the directory>`` is the exported one exactly.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ from mmcore_lxmert.model import Lxmert
 # Files save_pretrained writes, in the order transformers itself prefers them.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-# Parameters transformers' LxmertModel has no place for.
+# Parameters transformers' LxmertModel has no place for, and the side files an export keeps them (and the options
+# that use them) in.
 LXMERT_S_EXTRAS = ("visual_cls_embedding", "visn_pooler.")
+EXTRAS_FILE = "mmcore_extras.safetensors"
+OPTIONS_FILE = "mmcore_backbone.json"
 # Early BERT ports named LayerNorm parameters gamma/beta.
 _OLD_NORM_NAMES = {".gamma": ".weight", ".beta": ".bias"}
 
@@ -81,7 +87,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         found = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
         if not found:
             raise MMCoreError(f"weights directory {path} has none of {', '.join(WEIGHT_FILES)}")
+        extras = _read_file(path / EXTRAS_FILE) if (path / EXTRAS_FILE).is_file() else {}
         path = found[0]
+        return {**(_read_sharded(path) if path.name.endswith(".index.json") else _read_file(path)), **extras}
     if path.name.endswith(".index.json"):
         return _read_sharded(path)
     return _read_file(path)
@@ -208,3 +216,27 @@ def export_transformers(model: Lxmert, directory: str | os.PathLike[str]) -> Exp
     write_json(directory / "config.json", transformers_config(model))
     return ExportReport(directory, list(tensors), skipped, differences)
 
+
+
+def export_pretrained(model: Lxmert, directory: str | os.PathLike[str], name: str) -> dict[str, Any]:
+    """:func:`export_transformers`, plus LXMERT-S's extras in ``mmcore_extras.safetensors`` and the backbone's name
+    and options in ``mmcore_backbone.json``: what mmcore needs to rebuild backbone ``name`` with nothing lost."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    report = export_transformers(model, directory)
+    state = model.state_dict()
+    files = ["config.json", "model.safetensors"]
+    if report.skipped:
+        with atomic_path(directory / EXTRAS_FILE) as tmp:
+            save_file({k: state[k].detach().to("cpu").contiguous() for k in report.skipped}, str(tmp),
+                      metadata={"format": "pt"})
+        files.append(EXTRAS_FILE)
+    c = model.config
+    options = {key: getattr(c, key) for key in ("l_layers", "x_layers", "r_layers", "hidden_size", "num_attention_heads",
+                                                 "intermediate_size", "visual_cls", "product_pooler",
+                                                 "whole_word_positions", "layer_norm_eps")}
+    write_json(directory / OPTIONS_FILE, {"backbone": name, "options": options, "extras": report.skipped,
+                                          "differences": report.differences})
+    return {"files": [*files, OPTIONS_FILE], "backbone": name, "options": options, "extras": report.skipped,
+            "differences": report.differences}

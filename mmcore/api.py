@@ -1,6 +1,6 @@
 """The contract between the engine and every plugin: data info, batches, backbones, tasks, heads, datasets.
 
-Batch fields (one vocabulary for every plugin; see DESIGN.md):
+Batch fields (one vocabulary for every plugin; the whole contract, with examples: docs/plugins.md):
 
 - ``input_ids`` [B,T] long, ``attention_mask`` [B,T] long, ``position_ids`` [B,T] long
   (whole-word positions: padding 0, [CLS]/[SEP] 1, words numbered from 2; backbones may ignore it),
@@ -187,6 +187,11 @@ class Task(nn.Module):
     Subclasses set ``name``, ``requires`` (batch fields the stage's data must provide), ``defaults`` (every
     option with its default; the recipe may override only these keys) and ``order`` (when ``corrupt`` runs among
     the stage's tasks: 0 re-pairing, 10 targets from clean inputs, 20 shuffles, 30 masking).
+
+    ``prepare`` returns a new dict (never modifies the view's example); ``corrupt`` changes fields in place without
+    changing their shapes or removing any, and adds its own with its prefix. After ITM/ITM_HS re-pairing
+    ``itm_label`` is 0 for a mismatched pair (ITM_HS also replaces ``img_id`` with the swapped-in image's), and one
+    image appears several times per batch. See docs/plugins.md, "Tasks and how they compose in a stage".
     """
 
     name: ClassVar[str] = ""
@@ -247,6 +252,8 @@ class Head(nn.Module):
 
     ``pretrained`` maps pre-training task names to the trained task modules (so ``retrieval`` can start from the
     ITM classifier for zero-shot). ``zero_shot_ready`` says whether evaluation without fine-tuning makes sense.
+    ``evaluate`` runs in eval mode under ``torch.no_grad()`` and returns fractions (tables print %), including
+    :meth:`primary_metric`; the keys the tables know are listed in docs/plugins.md, "Heads and evaluation".
     """
 
     name: ClassVar[str] = ""
@@ -310,7 +317,10 @@ class Head(nn.Module):
 
 
 class Dataset:
-    """A source of views. Subclasses set ``name``, ``defaults`` and ``views`` (view name -> provided fields)."""
+    """A source of views. Subclasses set ``name``, ``defaults`` and ``views`` (view name -> provided fields).
+
+    See docs/plugins.md, "Datasets, views and the feature store", for a complete one over a feature store.
+    """
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}

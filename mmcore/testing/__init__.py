@@ -119,6 +119,11 @@ def _no_host_sync(device: str) -> Iterator[None]:
     torch.cuda.set_sync_debug_mode("error")
     try:
         yield
+    except RuntimeError as exc:
+        if "synchroniz" not in str(exc):
+            raise
+        raise AssertionError(f"corrupt/loss waits for the device (a host sync: .item(), .tolist(), nonzero, "
+                             f"a Python bool of a tensor...): {exc}") from exc
     finally:
         torch.cuda.set_sync_debug_mode(previous)
 

@@ -120,10 +120,9 @@ def run_group(plugins: Plugins, resolved: dict[str, Any], group: RunDir, *, over
         text = dump_recipe(strip_private(recipe))
         path = seed_dir(group.path, seed)
         head = f"[bold]seed {seed}[/bold] ({index}/{len(seeds)})"
+        # The group was chosen as this recipe's (--resume, or a batch matching its recipe.seeds.yaml), so its seed
+        # directories are this recipe's runs, as --resume RUN_DIR takes a run directory's.
         existing = (path / RESOLVED).is_file() and not overwrite
-        if existing and not same_recipe((path / RESOLVED).read_text(encoding="utf-8"), text):
-            raise MMCoreError(f"{path} holds a different recipe than seed {seed} of this one; use --overwrite to start "
-                              f"the group again")
         if existing and is_complete(path):
             reporter.message(f"{head}: complete in {path}, skipped")
             outcomes.append(SeedOutcome(seed, "skipped", path))

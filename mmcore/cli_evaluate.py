@@ -250,7 +250,7 @@ def run_evaluation(plugins: Any, resolved: dict[str, Any], found: Target, head_n
     backbone = engine.build_backbone()
     check_fits(ckpt["backbone"], backbone, "mmcore evaluate", str(found.checkpoint))
     backbone.load_state_dict(ckpt["backbone"])
-    state = {"backbone": ckpt["backbone"], "tasks": stage_task_states(resolved, found, ckpt), "stage": None}
+    state = {"backbone": ckpt["backbone"], "tasks": stage_task_states(found, ckpt), "stage": None}
     pretrained = engine.pretrained_tasks(state) if found.kind == "zero_shot" else {}
     head = engine.build_head({"head": head_name, "options": options}, pretrained, backbone.hidden_size)
     if found.kind == "finetune":
@@ -260,26 +260,14 @@ def run_evaluation(plugins: Any, resolved: dict[str, Any], found: Target, head_n
             raise MMCoreError(f"{found.checkpoint}: its head weights do not fit head {head_name!r}: "
                               f"{str(exc).splitlines()[0]}") from None
     elif not head.zero_shot_ready:
-        raise MMCoreError(f"head {head_name!r} needs a fine-tuned checkpoint (finetune/<name>/checkpoint.pt); "
-                          f"{found.checkpoint} is a pre-training stage checkpoint with no pre-trained task it can "
-                          "start from")
+        raise MMCoreError(f"head {head_name!r} needs a fine-tuned checkpoint (finetune/<name>/checkpoint.pt): "
+                          f"no zero-shot head in {found.checkpoint}, whose stage trained no task it can start from "
+                          f"(it trained {', '.join(ckpt.get('tasks', {})) or 'none'})")
     item = {"data": [{"dataset": data[0], "view": data[1], "split": data[2]}], "max_text_len": max_text_len}
     return engine.evaluate(head, backbone, item, data[2])
 
 
-def stage_task_states(resolved: dict[str, Any], found: Target, ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The trained task weights as the engine has them after the checkpoint's stage: every earlier stage's tasks
-    of the run, overlaid by later ones (none for a fine-tuning checkpoint)."""
-    if found.kind != "zero_shot":
-        return {}
-    from mmcore.checkpointing import read_checkpoint
-
-    states: dict[str, Any] = {}
-    if found.run is not None:
-        for stage in resolved["stages"]:
-            path = found.run / "stages" / stage["name"] / "checkpoint.pt"
-            if path.resolve() == found.checkpoint.resolve():
-                break
-            if path.is_file():
-                states.update(read_checkpoint(path).get("tasks", {}))
-    return {**states, **ckpt.get("tasks", {})}
+def stage_task_states(found: Target, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The task weights a zero-shot evaluation may start from: those the checkpoint's own stage trained, as in a
+    run (a head of an earlier stage was trained for weights that have changed since); none for a fine-tuning."""
+    return dict(ckpt.get("tasks", {})) if found.kind == "zero_shot" else {}

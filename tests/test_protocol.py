@@ -81,6 +81,10 @@ def test_zero_shot_after_a_last_stage_without_itm_reports_no_zero_shot_head(tmp_
     # From the stage that trained it, the same head is scored.
     assert set(results["zs_sentence"]["metrics"]) >= {"ir_r1", "tr_r1"}
     assert "skipped" not in results["zs_sentence"]
+    # `mmcore evaluate --zero-shot` (the final stage) refuses in the same way.
+    out = invoke(["evaluate", str(run), "--zero-shot", "--head", "retrieval", "--data", "synthworld:retrieval:test",
+                  "--cache-dir", str(tmp_path / "cache"), "--quiet"], code=2)
+    assert "no zero-shot head" in out and "(it trained mlm, mrfr)" in " ".join(out.split())
 
 
 # ---- the phrase stage's MLM masks attribute and category words --------------------------------------------------

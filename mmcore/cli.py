@@ -264,6 +264,10 @@ def validate(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> None:
         console.print(f"[green]ok[/green] {escape(recipe)}: {escape(stages)}; {len(resolved['zero_shot'])} "
                       f"zero-shot, {len(resolved['finetune'])} fine-tuning"
                       + (f"; seeds {', '.join(map(str, resolved['seeds']))}" if resolved.get("seeds") else ""))
+        if resolved["finetune"]:
+            tuned = ", ".join(f"{i['name']}{'' if i['name'] == i['head'] else ' [' + str(i['head']) + ']'} "
+                              f"({i['epochs']} epochs, lr {i['optim']['lr']:g})" for i in resolved["finetune"])
+            console.print(f"  [dim]fine-tuning: {escape(tuned)}[/dim]")
     if failed:
         raise MMCoreError(f"{failed} of {len(recipes)} recipes are invalid (each problem is listed above)")
 

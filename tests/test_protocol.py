@@ -47,6 +47,8 @@ def test_paper_recipes_fine_tune_all_four_downstream_tasks(recipe: Path, registr
 def test_validate_and_show_list_the_gqa_and_nlvr2_fine_tunings() -> None:
     out = invoke(["validate", *map(str, PAPER)])  # `mmcore validate recipes/paper/*.yaml`
     assert out.count("4 fine-tuning") == len(PAPER)
+    listed = "fine-tuning: vqa (6 epochs, lr 5e-05), gqa (5 epochs, lr 5e-05), nlvr2 (8 epochs, lr 5e-05), retrieval"
+    assert out.count(listed) == len(PAPER)
     shown = invoke(["show", str(ROOT / "recipes/paper/msp_tps_lxmert_data.yaml")])
     for name in ("gqa", "nlvr2"):
         assert f"- name: {name}\n  head: {name}\n" in shown

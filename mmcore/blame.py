@@ -124,7 +124,7 @@ def blame(registry: Registry, entry: Entry, method: str, where: str | None = Non
                             position.describe() if where is None else where) from exc
 
 
-def call(registry: Registry, entry: Entry, method: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+def call(registry: Registry, entry: Entry, method: str, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` inside :func:`blame` (for one-line call sites)."""
     with blame(registry, entry, method):
         return fn(*args, **kwargs)

@@ -115,7 +115,7 @@ class Engine:
         """A freshly initialised backbone (seeded) sized for the primary dataset."""
         spec = dict(self.recipe["backbone"])
         entry = self.registry.get("backbone", spec.pop("name"))
-        backbone = entry.factory(spec, self.info).to(self.device)
+        backbone = call(self.registry, entry, "__init__", entry.factory, spec, self.info).to(self.device)
         if self.recipe.get("compile"):
             backbone.compile()  # in place: parameter names, checkpoints and hooks stay those of the plain module
         return backbone
@@ -125,7 +125,8 @@ class Engine:
         tasks = {}
         for name, options in stage["tasks"].items():
             opts = {k: v for k, v in options.items() if k != "weight"}
-            tasks[name] = self.registry.get("task", name).factory(self.info, backbone, **opts).to(self.device)
+            entry = self.registry.get("task", name)
+            tasks[name] = call(self.registry, entry, "__init__", entry.factory, self.info, backbone, **opts).to(self.device)
         return dict(sorted(tasks.items(), key=lambda kv: kv[1].order))
 
     # ----- the run ----------------------------------------------------------------------------------------
@@ -337,7 +338,8 @@ class Engine:
     def build_head(self, item: dict[str, Any], pretrained: dict[str, Task], hidden: int) -> Head:
         """The head of a zero-shot or fine-tuning entry, with its options, on the run's device."""
         entry = self.registry.get("head", item["head"])
-        return entry.factory(self.info, hidden, pretrained, **item.get("options", {})).to(self.device)
+        return call(self.registry, entry, "__init__", entry.factory, self.info, hidden, pretrained,
+                    **item.get("options", {})).to(self.device)
 
     def evaluate(self, head: Head, backbone: Backbone, item: dict[str, Any], split: str,
                  scratch: Path | None = None) -> dict[str, float]:

@@ -71,6 +71,7 @@ def resolve_loggers(checker: Checker, spec: Any) -> dict[str, dict[str, Any]]:
         entry = checker.entry("logger", name, key)
         if entry is not None:
             out[entry.name] = checker.options(options, entry.defaults, key, f"logger {entry.name!r} options")
+            checker.plugin_options(entry, out[entry.name], key)
     return out
 
 
@@ -92,7 +93,7 @@ def run_loggers(manager: pluggy.PluginManager, registry: Registry, run_dir: RunD
                 except MMCoreError:
                     raise
                 except Exception as exc:
-                    raise PluginError(f"logger {name!r} (plugin {entry.origin!r}) failed to start: {exc!r}") from exc
+                    raise PluginError(f"logger {name!r} ({registry.label(entry.origin)}) failed to start: {exc!r}") from exc
                 if callable(getattr(logger, "close", None)):
                     stack.callback(logger.close)  # after unregistering (callbacks run last in, first out)
                 _register(manager, stack, name, logger, entry.origin)

@@ -78,3 +78,38 @@ def test_raising_loss_is_named_and_the_run_resumes_after_the_fix(tmp_path, third
     stages = json.loads((run / "results.json").read_text())["_stages"]
     assert stages["sentence"]["steps"] == 3 and "final_flaky" in stages["sentence"] and stages["token"]["steps"] == 2
     assert (run / "stages" / "token" / "checkpoint.pt").stat().st_mtime_ns == token_trained  # not trained again
+
+
+BAD_LOGGER = '''
+import mmcore
+
+
+class Fragile:
+    """Fails on the second record it receives."""
+
+    def __init__(self, run_dir):
+        self.seen = 0
+
+    @mmcore.hookimpl
+    def mmcore_log(self, run, step, metrics):
+        self.seen += 1
+        if self.seen == 2:
+            raise KeyError("lr_group_0")
+
+
+@mmcore.hookimpl
+def mmcore_register_loggers(registry):
+    registry.add_logger("fragile", Fragile)
+'''
+
+
+def test_a_failing_logger_is_named_with_the_step(tmp_path, cache_dir):
+    (tmp_path / "fragile_logger.py").write_text(BAD_LOGGER)
+    recipe = tmp_path / "flaky.yaml"
+    recipe.write_text("plugins: [fragile_logger.py]\nloggers: {fragile: {}}\n"
+                      + RECIPE.replace(", flaky: {}", "").replace("max_steps: 3", "max_steps: 1"))
+    out = " ".join(invoke(["run", str(recipe), "--output-dir", str(tmp_path / "runs"), "--cache-dir", str(cache_dir),
+                           "--quiet"], code=1).split())
+    assert ("logger 'fragile' of plugin 'fragile_logger' raised KeyError: 'lr_group_0' in mmcore_log() during stage "
+            "'token', step 2, epoch 0.") in out
+    assert "fragile_logger.py:15 in mmcore_log: raise KeyError(\"lr_group_0\")" in out and "errors.log" in out

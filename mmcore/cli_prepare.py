@@ -15,6 +15,7 @@ from rich.table import Table
 from mmcore.data.datacheck import CheckReport, QuestionPrior, check, prior_score, report_dict
 from mmcore.data.extract import parse_options
 from mmcore.data.prepare import (
+    NORMALISATIONS,
     QUESTION_KINDS,
     PrepareOptions,
     answer_table,
@@ -47,11 +48,13 @@ err_console = Console(stderr=True)
               help="Size of the WordPiece vocabulary built from the training texts.")
 @click.option("--min-answer-count", type=click.IntRange(min=1), default=1, show_default=True,
               help="Keep answers given at least this often in training in the answer table.")
+@click.option("--normalise", type=click.Choice(NORMALISATIONS), default="standardise", show_default=True,
+              help="Standardise every feature dimension over the training images' regions, or keep them as they are.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def prepare_command(source: Path, output: Path, extractor_name: str | None, extractor_options: tuple[str, ...],
                     features: Path | None, tokenizer: Path | None, vocab_size: int, min_answer_count: int,
-                    overwrite: bool, quiet: bool) -> None:
+                    normalise: str, overwrite: bool, quiet: bool) -> None:
     """Turn SOURCE (images/ and <kind>.jsonl annotation files) into the dataset directory OUTPUT: features,
     vocabulary, answer tables, hard negatives. Built in OUTPUT.partial and renamed when done; re-running after
     an interruption resumes the extraction."""
@@ -63,7 +66,7 @@ def prepare_command(source: Path, output: Path, extractor_name: str | None, extr
         entry = load_plugins().registry.get("extractor", extractor_name)
         extractor = entry.factory(parse_options(extractor_options, entry.defaults, extractor_name))
     options = PrepareOptions(extractor=extractor, features=features, tokenizer=tokenizer, vocab_size=vocab_size,
-                             min_answer_count=min_answer_count)
+                             min_answer_count=min_answer_count, normalise=normalise)
     manifest = prepare(source, output, options, Reporter(err_console, quiet=quiet), overwrite=overwrite)
     counts = ", ".join(f"{kind} {sum(s.values()):,}" for kind, s in manifest["counts"].items())
     click.echo(f"wrote {output}: {manifest['images']:,} images ({manifest['max_regions']} regions of "

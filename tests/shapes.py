@@ -1,4 +1,4 @@
-"""A drawn image set for the ``pairs`` dataset tests: one coloured shape per small PNG (Pillow), with captions,
+"""A drawn image set for the ``pairs`` dataset tests: two coloured shapes per small PNG (Pillow), with captions,
 phrases and colour / shape / yes-no questions templated from what was drawn, in the JSONL formats of
 docs/your-data.md. Images of each split live in images/<split>/ and are numbered from 0 in every split, so the
 same file name recurs across splits (the dataset must keep them apart)."""
@@ -8,58 +8,70 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (40, 60, 220), "yellow": (235, 215, 30),
            "purple": (140, 40, 170), "orange": (245, 140, 20), "white": (250, 250, 250), "black": (15, 15, 15)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": (7, 10), "large": (13, 17)}  # half-widths in pixels of a 48-pixel image
+SIZES = {"small": (6, 8), "large": (9, 11)}  # half-widths in pixels of a 48-pixel image
 BACKGROUND = (128, 128, 128)
 SIDE = 48
 
 
-def draw(directory: Path, counts: dict[str, int], seed: int = 0) -> dict[str, list[dict]]:
-    """Draw ``counts[split]`` images per split under ``directory``; returns what was drawn per split."""
+def draw(directory: Path, counts: dict[str, int], seed: int = 0) -> dict[str, list[list[dict]]]:
+    """Draw ``counts[split]`` images per split under ``directory``: two shapes per image, one in each half, of
+    different kinds and colours. Returns the drawn objects of each image per split."""
     from PIL import Image, ImageDraw
 
     rng = random.Random(seed)
-    drawn: dict[str, list[dict]] = {}
+    drawn: dict[str, list[list[dict]]] = {}
     for split, count in counts.items():
         folder = directory / "images" / split
         folder.mkdir(parents=True, exist_ok=True)
         drawn[split] = []
         for index in range(count):
-            scene = {"image": f"{split}/{index}.png", "colour": rng.choice(list(COLOURS)),
-                     "shape": rng.choice(SHAPES), "size": rng.choice(list(SIZES))}
-            r = rng.randint(*SIZES[scene["size"]])
-            cx, cy = rng.randint(r, SIDE - r - 1), rng.randint(r, SIDE - r - 1)
             image = Image.new("RGB", (SIDE, SIDE), BACKGROUND)
             pen = ImageDraw.Draw(image)
-            fill = COLOURS[scene["colour"]]
-            if scene["shape"] == "circle":
-                pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-            elif scene["shape"] == "square":
-                pen.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
-            else:
-                pen.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+            objects = []
+            halves = rng.sample(["left", "right"], 2)
+            for shape, colour, half in zip(rng.sample(SHAPES, 2), rng.sample(list(COLOURS), 2), halves):
+                size = rng.choice(list(SIZES))
+                r = rng.randint(*SIZES[size])
+                x0 = 0 if half == "left" else SIDE // 2
+                cx, cy = rng.randint(x0 + r, x0 + SIDE // 2 - r - 1), rng.randint(r, SIDE - r - 1)
+                _shape(pen, shape, cx, cy, r, COLOURS[colour])
+                objects.append({"image": f"{split}/{index}.png", "shape": shape, "colour": colour, "size": size,
+                                "where": half})
             image.save(folder / f"{index}.png")
-            scene["where"] = ("top" if cy < SIDE / 2 else "bottom") + (" left" if cx < SIDE / 2 else " right")
-            drawn[split].append(scene)
+            drawn[split].append(objects)
     return drawn
 
 
-def questions(scene: dict, rng: random.Random) -> list[dict]:
-    """A colour, a shape and a yes/no question about one scene (yes half the time)."""
-    out = [{"question": rng.choice(["what colour is the shape?", "what color is the object?"]),
-            "answers": [scene["colour"]], "type": "colour"},
-           {"question": rng.choice(["what shape is it?", "what kind of shape is shown?"]),
-            "answers": [scene["shape"]], "type": "shape"}]
-    if rng.random() < 0.5:
-        colour, shape = scene["colour"], scene["shape"]
-    else:  # a wrong colour or a wrong shape
-        colour = rng.choice([c for c in COLOURS if c != scene["colour"]]) if rng.random() < 0.5 else scene["colour"]
-        shape = scene["shape"] if colour != scene["colour"] else rng.choice([s for s in SHAPES if s != scene["shape"]])
-    answer = "yes" if (colour, shape) == (scene["colour"], scene["shape"]) else "no"
-    out.append({"question": f"is there a {colour} {shape}?", "answers": [answer], "type": "yes/no"})
+def _shape(pen: Any, shape: str, cx: int, cy: int, r: int, fill: tuple[int, int, int]) -> None:
+    if shape == "circle":
+        pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        pen.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        pen.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+
+
+def questions(objects: list[dict], rng: random.Random) -> list[dict]:
+    """One colour question (of a named shape), one shape question (of a named colour) and two yes/no questions
+    (is there a <colour> <shape>?), answered yes a third of the time, about one image."""
+    a = rng.choice(objects)
+    b = rng.choice(objects)
+    out = [{"question": rng.choice([f"what colour is the {a['shape']}?", f"what color is the {a['shape']}?"]),
+            "answers": [a["colour"]], "type": "colour"},
+           {"question": f"what shape is the {b['colour']} object?", "answers": [b["shape"]], "type": "shape"}]
+    present = {(o["colour"], o["shape"]) for o in objects}
+    for _ in range(2):
+        if rng.random() < 1 / 3:
+            colour, shape = rng.choice(sorted(present))
+        else:  # a colour and a shape that are not drawn together
+            colour, shape = rng.choice([(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present])
+        out.append({"question": f"is there a {colour} {shape}?",
+                    "answers": ["yes" if (colour, shape) in present else "no"], "type": "yes/no"})
     return out
 
 
@@ -68,15 +80,17 @@ def write_source(directory: Path, counts: dict[str, int], seed: int = 0) -> Path
     drawn = draw(directory, counts, seed)
     rng = random.Random(seed + 1)
     vqa, phrases = [], []
-    for split, scenes in drawn.items():
+    for split, images in drawn.items():
         captions = []
-        for scene in scenes:
-            c, s, size, where = scene["colour"], scene["shape"], scene["size"], scene["where"]
-            captions += [{"image": scene["image"], "text": f"a {size} {c} {s} on a grey background"},
-                         {"image": scene["image"], "text": f"a {c} {s} in the {where}"}]
-            phrases += [{"image": scene["image"], "text": t, "split": split}
-                        for t in (f"{c} {s}", f"{size} {s}", f"{where} corner", "grey background")]
-            vqa += [{"image": scene["image"], **q, "split": split} for q in questions(scene, rng)]
+        for objects in images:
+            name = objects[0]["image"]
+            described = [f"a {o['size']} {o['colour']} {o['shape']} on the {o['where']}" for o in objects]
+            captions += [{"image": name, "text": " and ".join(described)},
+                         {"image": name, "text": f"a {objects[0]['colour']} {objects[0]['shape']} beside a "
+                                                 f"{objects[1]['colour']} {objects[1]['shape']}"}]
+            phrases += [{"image": name, "text": t, "split": split}
+                        for o in objects for t in (f"{o['colour']} {o['shape']}", f"{o['size']} {o['shape']}")]
+            vqa += [{"image": name, **q, "split": split} for q in questions(objects, rng)]
         _write(directory / f"captions_{split}.jsonl", captions)
     _write(directory / "phrases.jsonl", phrases)
     _write(directory / "vqa.jsonl", vqa)

@@ -14,7 +14,7 @@ from shapes import write_source
 
 pytest.importorskip("PIL")
 
-COUNTS = {"train": 120, "val": 40, "test": 40}  # 200 images, 600 questions
+COUNTS = {"train": 120, "val": 40, "test": 40}  # 200 images, 800 questions
 GRID = ["--extractor", "grid", "--option", "feature_dim=32", "--option", "grid_size=3", "--quiet"]
 
 
@@ -31,7 +31,7 @@ def test_prepare_writes_a_complete_dataset_directory(drawn: tuple[Path, Path]) -
     _, ready = drawn
     manifest = json.loads((ready / "dataset.json").read_text())
     assert manifest["images"] == 200 and manifest["feature_dim"] == 32 and manifest["max_regions"] == 9
-    assert manifest["counts"]["vqa"] == {"train": 360, "val": 120, "test": 120}
+    assert manifest["counts"]["vqa"] == {"train": 480, "val": 160, "test": 160}
     # Every split numbers its images from 0: the ids keep the split folder, so nothing collides.
     ids = json.loads((ready / "annotations.json").read_text())["vqa"]["test"][0]["images"]
     assert ids == ["test/0"]
@@ -40,6 +40,26 @@ def test_prepare_writes_a_complete_dataset_directory(drawn: tuple[Path, Path]) -
     vocab = (ready / "vocab.txt").read_text().split()
     assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and "triangle" in vocab
     assert (ready / "hard_negatives.npz").is_file() and not list(ready.parent.glob("*.partial"))
+    assert manifest["feature_normalisation"] == "standardise" and (ready / "feature_stats.npz").is_file()
+
+
+def test_features_are_centred_on_the_training_regions(drawn: tuple[Path, Path], tmp_path: Path) -> None:
+    import h5py
+    import numpy as np
+
+    source, ready = drawn
+    invoke(["data", "prepare", str(source), str(tmp_path / "raw"), *GRID, "--normalise", "none"])
+    stats = np.load(ready / "feature_stats.npz")
+    with h5py.File(tmp_path / "raw/features.h5") as raw, h5py.File(ready / "features.h5") as done:
+        assert list(raw["image_ids"]) == list(done["image_ids"])
+        x, y = raw["features"][:].astype(np.float64), done["features"][:].astype(np.float64)
+        real = np.arange(x.shape[1])[None, :] < raw["num_boxes"][:][:, None]
+        train = np.array([i.startswith(b"train/") for i in raw["image_ids"]])
+    # The raw grid features share a large common vector; the prepared ones are centred over the training
+    # regions and scaled to unit variance on average, padding untouched.
+    assert np.linalg.norm(x[real & train[:, None]].mean(0)) > 1.0
+    assert np.abs(y[real & train[:, None]].mean(0)).max() < 0.01 and abs(y[real].var(0).mean() - 1) < 0.1
+    np.testing.assert_allclose(y[real], (x[real] - stats["mean"]) / stats["std"], atol=0.02)
 
 
 def test_check_reports_counts_coverage_and_the_question_only_baseline(drawn: tuple[Path, Path]) -> None:
@@ -48,8 +68,9 @@ def test_check_reports_counts_coverage_and_the_question_only_baseline(drawn: tup
     assert report["counts"]["captions"] == {"train": 240, "val": 80, "test": 80}
     assert report["unknown_images"] == [] and report["coverage"]["vqa"]["test"] == 1.0
     base = report["question_only"]["vqa"]["test"]
-    # Colour questions cannot be answered without the image: the prior is near chance (1/8), yes/no near 1/2.
-    assert base["colour"] < 0.3 and 0.3 < base["yes/no"] < 0.75 and 0.2 < base["all"] < 0.5
+    # Colour questions cannot be answered without the image: the prior is near chance (1/8); two thirds of the
+    # yes/no questions are answered no.
+    assert base["colour"] < 0.3 and 0.5 < base["yes/no"] < 0.85 and 0.3 < base["all"] < 0.6
     assert report["chance"]["vqa"] == {"colour": 0.125, "shape": 1 / 3, "yes/no": 0.5}
     # The source folder gives the same report before anything is extracted.
     assert json.loads(invoke(["data", "check", str(source), "--json"]))["question_only"] == report["question_only"]
@@ -84,11 +105,11 @@ def test_bad_records_name_file_line_and_key(tmp_path: Path) -> None:
     with open(source / "vqa.jsonl", "a") as f:
         f.write('{"image": "train/0", "question": "how many?", "answer": ["two"], "split": "train"}\n')
     out = invoke(["data", "check", str(source)], code=2)
-    assert "vqa.jsonl:10: unknown key(s) answer" in out
+    assert "vqa.jsonl:13: unknown key(s) answer" in out
     lines = (source / "vqa.jsonl").read_text().splitlines()
     (source / "vqa.jsonl").write_text("\n".join([*lines[:-1], lines[0].replace("train/0", "train/99")]) + "\n")
     out = invoke(["data", "check", str(source)], code=2)
-    assert "1 annotation(s) name an unknown image" in out and "vqa.jsonl:10: 'train/99'" in out
+    assert "1 annotation(s) name an unknown image" in out and "vqa.jsonl:13: 'train/99'" in out
 
 
 def test_prepare_resumes_an_interrupted_extraction(tmp_path: Path) -> None:
@@ -158,6 +179,6 @@ def test_a_source_folder_is_prepared_on_first_use_and_cached(drawn: tuple[Path, 
     again.prepare()
     assert again.directory == first.directory and (again.directory / "features.h5").stat().st_mtime_ns == stamp
     view = again.view("vqa", "val")
-    assert len(view) == 120 and view[0]["visual_feats"].shape == (4, 16)
+    assert len(view) == 160 and view[0]["visual_feats"].shape == (4, 16)
     with pytest.raises(Exception, match="detector labels"):
         again.view("token", "train")

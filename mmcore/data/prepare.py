@@ -30,6 +30,7 @@ from mmcore.data.extract import Extractor, vocabulary_path
 from mmcore.data.fileio import atomic_path, write_json, write_lines
 from mmcore.data.hardneg import nearest_images_torch, save_hard_negatives
 from mmcore.data.images import ImageReadError, image_decoder
+from mmcore.data.standardise import STATS_FILE, save_statistics, standardise_store
 from mmcore.data.store import FeatureStore, FeatureStoreWriter
 from mmcore.data.tokenizer import build_wordpiece
 from mmcore.data.userdata import IMAGES_DIR, Annotations, Record, list_image_files, read_source
@@ -43,6 +44,7 @@ FEATURES = "features.h5"
 ANNOTATIONS = "annotations.json"
 HARD_NEGATIVES = "hard_negatives.npz"
 QUESTION_KINDS = ("vqa", "gqa")
+NORMALISATIONS = ("standardise", "none")
 
 
 @dataclass
@@ -56,6 +58,7 @@ class PrepareOptions:
     min_answer_count: int = 1
     hard_negatives_top: int = 100
     shard_size: int = 256
+    normalise: str = "standardise"  # or "none": features as extracted or given (see mmcore.data.standardise)
 
     def key(self) -> dict[str, Any]:
         """The options as plain JSON (extractor by name and options, paths by content)."""
@@ -63,7 +66,7 @@ class PrepareOptions:
                 "features": None if self.features is None else _file_digest(self.features),
                 "tokenizer": None if self.tokenizer is None else _tree_digest(self.tokenizer),
                 "vocab_size": self.vocab_size, "min_answer_count": self.min_answer_count,
-                "hard_negatives_top": self.hard_negatives_top}
+                "hard_negatives_top": self.hard_negatives_top, "normalise": self.normalise}
 
 
 def content_hash(source: Path, options: PrepareOptions) -> str:
@@ -156,25 +159,35 @@ def _unknown_images(annotations: Annotations, known: Iterable[str], where: str) 
 def _features(source: Path, work: Path, ids: list[str], annotations: Annotations, options: PrepareOptions,
               reporter: Reporter) -> FeatureStore:
     final = work / FEATURES
+    if options.normalise not in NORMALISATIONS:
+        raise MMCoreError(f"feature normalisation must be one of {', '.join(NORMALISATIONS)}, got {options.normalise!r}")
     if options.features is not None:
         given = FeatureStore(options.features, cache="disk")
         _unknown_images(annotations, given.ids(), str(options.features))
-        if not final.is_file():
-            with atomic_path(final) as tmp:
-                shutil.copyfile(options.features, tmp)
-            for kind in ("objects", "attributes"):
-                names = vocabulary_path(options.features, kind)
-                if names.is_file():
-                    write_lines(work / f"{kind}_vocab.txt", read_vocab_txt(names))
-        return FeatureStore(final, cache="disk")
-    files = list_image_files(source / IMAGES_DIR)
-    _unknown_images(annotations, files, str(source / IMAGES_DIR))
+        raw = options.features
+        for kind in ("objects", "attributes"):
+            names = vocabulary_path(options.features, kind)
+            if names.is_file():
+                write_lines(work / f"{kind}_vocab.txt", read_vocab_txt(names))
+    else:
+        files = list_image_files(source / IMAGES_DIR)
+        _unknown_images(annotations, files, str(source / IMAGES_DIR))
+        raw = work / "raw_features.h5"
+        if not final.is_file() and not raw.is_file():
+            assert options.extractor is not None
+            _extract_shards(work, [(i, files[i]) for i in ids], options.extractor, options.shard_size, reporter)
+            _merge_shards(work, raw, len(ids), options.extractor)
+            for kind, names in options.extractor.vocabularies().items():
+                write_lines(work / f"{kind}_vocab.txt", names)
     if not final.is_file():
-        assert options.extractor is not None
-        _extract_shards(work, [(i, files[i]) for i in ids], options.extractor, options.shard_size, reporter)
-        _merge_shards(work, final, len(ids), options.extractor)
-        for kind, names in options.extractor.vocabularies().items():
-            write_lines(work / f"{kind}_vocab.txt", names)
+        if options.normalise == "standardise":
+            train = {i for k in annotations.kinds() for r in annotations.of(k, "train") for i in r.images}
+            save_statistics(work / STATS_FILE, *standardise_store(raw, final, train or None))
+        else:
+            with atomic_path(final) as tmp:
+                shutil.copyfile(raw, tmp)
+    if raw != options.features:
+        raw.unlink(missing_ok=True)
     return FeatureStore(final, cache="disk")
 
 
@@ -247,6 +260,7 @@ def _finish(source: Path, work: Path, digest: str, annotations: Annotations, sto
         "format": FORMAT, "version": VERSION, "source": str(source.resolve()), "sha256": digest,
         "features": FEATURES, "feature_dim": store.feature_dim, "max_regions": store.max_boxes,
         "images": len(store), "extractor": options.key()["extractor"], "detector_labels": has_labels,
+        "feature_normalisation": options.normalise,
         "tokenizer": tokenizer, "answers": answers,
         "hard_negatives": HARD_NEGATIVES if (work / HARD_NEGATIVES).is_file() else None,
         "counts": {k: {s: len(annotations.of(k, s)) for s in annotations.records[k]} for k in annotations.kinds()},

@@ -45,6 +45,7 @@ class Pairs(Dataset):
         "tokenizer": "",  # for a source folder: a local Hugging Face tokenizer directory instead of a WordPiece one
         "vocab_size": 8000,
         "min_answer_count": 1,
+        "normalise": "standardise",  # for a source folder: or "none" (see mmcore data prepare --normalise)
         "phrases_per_image": 3,  # phrase view: descriptions per image, each min..max phrases joined with ", "
         "min_phrases": 2,
         "max_phrases": 4,
@@ -96,7 +97,8 @@ class Pairs(Dataset):
         tokenizer = Path(self.options["tokenizer"]).expanduser() if self.options["tokenizer"] else None
         return PrepareOptions(extractor=entry.factory(parse_options(items, entry.defaults, entry.name)),
                               tokenizer=tokenizer, vocab_size=int(self.options["vocab_size"]),
-                              min_answer_count=int(self.options["min_answer_count"]))
+                              min_answer_count=int(self.options["min_answer_count"]),
+                              normalise=str(self.options["normalise"]))
 
     def prepare(self, progress: Callable[[str], None] | None = None) -> None:
         """Use ``root`` when it is prepared; otherwise prepare it into the cache unless an equal copy is there."""

@@ -12,6 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from mmcore.cli import main
+from mmcore.seeds import same_group
 from mmcore.stats import summarize
 from tests.helpers import comparable, invoke
 from tests.test_end_to_end import TINY
@@ -183,3 +184,9 @@ def test_resuming_one_seed_alone_refreshes_the_group(group):
 def test_validate_names_the_seeds(group):
     printed = invoke(["validate", str(group["recipe"]), "--set", "seeds=[4, 5]"])
     assert "2 fine-tuning; seeds 4, 5" in flat(printed)
+
+
+def test_a_group_matches_its_recipe_whatever_its_seeds(group):
+    text = (group["path"] / "recipe.seeds.yaml").read_text()
+    assert same_group(text, text.replace("seeds: [0, 1, 2]", "seeds: [0, 1, 2, 3, 4]"))
+    assert "lr: 0.0001" in text and not same_group(text, text.replace("lr: 0.0001", "lr: 0.001"))

@@ -4,12 +4,14 @@ method, and where in the run (stage or fine-tuning, step, epoch), followed by th
 The engine calls plugin code inside :func:`blame`; an exception that is not an :class:`~mmcore.errors.MMCoreError`
 (those are messages plugins mean for the user) becomes a :class:`PluginFailure`. The training loop keeps
 :data:`position` current, so the failure can say at which step it happened. The engine writes the full traceback
-to ``errors.log`` in the run directory (:meth:`PluginFailure.write_log`); ``mmcore run --debug`` prints it too.
+to ``errors.log`` in the run directory (:meth:`PluginFailure.write_log`); ``mmcore run --debug`` (or, for any
+command, ``MMCORE_DEBUG=1``) prints it too.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import time
 import traceback
 from collections.abc import Iterator
@@ -95,9 +97,12 @@ class PluginFailure(MMCoreError):
     def __str__(self) -> str:
         lines = [self.headline(), "The plugin's last frames:"]
         lines += [f"  {Path(f.filename).name}:{f.lineno} in {f.name}: {(f.line or '').strip()}" for f in self.frames()]
-        more = f"Full traceback: {self.log}" if self.log else "Full traceback: mmcore run --debug"
-        lines.append(f"{more}. The run directory is kept: fix the plugin and continue with mmcore run --resume.")
-        if _debug:
+        if self.where.startswith("mmcore "):  # a command other than a run: nothing to resume
+            lines.append("Full traceback: set MMCORE_DEBUG=1.")
+        else:
+            more = f"Full traceback: {self.log}" if self.log else "Full traceback: mmcore run --debug"
+            lines.append(f"{more}. The run directory is kept: fix the plugin and continue with mmcore run --resume.")
+        if _debug or os.environ.get("MMCORE_DEBUG"):
             lines += ["", self.full_traceback()]
         return "\n".join(lines)
 

@@ -34,6 +34,7 @@ from mmcore.data.images import image_decoder, list_images
 from mmcore.data.store import FeatureStore
 from mmcore.data.tsv import FEATURE_DTYPES, convert_tsv
 from mmcore.errors import MMCoreError
+from mmcore.blame import blame
 from mmcore.plugins import load_plugins
 from mmcore.progress import Reporter
 
@@ -124,13 +125,15 @@ def extract_command(images_dir: Path, output: Path, name: str, options: tuple[st
     temporary name and renamed at the end. Label names the extractor writes go next to it
     (OUTPUT.objects_vocab.txt, OUTPUT.attributes_vocab.txt).
     """
-    entry = load_plugins().registry.get("extractor", name)
+    registry = load_plugins().registry
+    entry = registry.get("extractor", name)
     # Cheap checks first: building an extractor may load a detector.
     total = len(list_images(images_dir))
     if output.exists() and not overwrite:
         raise MMCoreError(f"{output} already exists; pass --overwrite to replace it")
     image_decoder()
-    extractor = entry.factory(parse_options(options, entry.defaults, name))
+    with blame(registry, entry, "__init__", "mmcore data extract"):
+        extractor = entry.factory(parse_options(options, entry.defaults, name))
     reporter = Reporter(err_console, quiet=quiet)
     start = time.perf_counter()
     with reporter.bar(f"extract ({name})", total) as bar, _terminate_as_exit():
@@ -138,8 +141,9 @@ def extract_command(images_dir: Path, output: Path, name: str, options: tuple[st
             info = _rate(done, time.perf_counter() - start) + (f", {skipped} skipped" if skipped else "")
             bar.advance(done - bar.done, info=info)
 
-        result = extract_folder(images_dir, output, extractor, batch_size=batch_size, skip_bad=skip_bad,
-                                overwrite=overwrite, progress=advance)
+        with blame(registry, entry, "extract", "mmcore data extract"):
+            result = extract_folder(images_dir, output, extractor, batch_size=batch_size, skip_bad=skip_bad,
+                                    overwrite=overwrite, progress=advance)
     for path, reason in result.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}", highlight=False)
     vocab = "".join(f"; {kind} names in {path}" for kind, path in result.vocabularies.items())

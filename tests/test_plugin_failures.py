@@ -11,6 +11,7 @@ import pytest
 
 import mmcore.blame
 from tests.helpers import invoke
+from tests.test_extractors import needs_reader, write_images
 from tests.test_plugin_containment import install
 
 RECIPE = """\
@@ -113,3 +114,37 @@ def test_a_failing_logger_is_named_with_the_step(tmp_path, cache_dir):
     assert ("logger 'fragile' of plugin 'fragile_logger' raised KeyError: 'lr_group_0' in mmcore_log() during stage "
             "'token', step 2, epoch 0.") in out
     assert "fragile_logger.py:15 in mmcore_log: raise KeyError(\"lr_group_0\")" in out and "errors.log" in out
+
+
+BAD_EXTRACTOR = '''
+import mmcore
+
+
+class Stubborn:
+    """Builds, then fails on its first batch."""
+
+    name, defaults, feature_dim, max_boxes = "stubborn", {}, 8, 2
+
+    def extract(self, images):
+        raise ValueError("cannot read a 4-channel image")
+
+    def vocabularies(self):
+        return {}
+
+
+@mmcore.hookimpl
+def mmcore_register_extractors(registry):
+    registry.add_extractor("stubborn", lambda options: Stubborn())
+'''
+
+
+@needs_reader
+def test_a_failing_extractor_is_named(tmp_path, monkeypatch):
+    (tmp_path / "stubborn.py").write_text(BAD_EXTRACTOR)
+    monkeypatch.setenv("MMCORE_PLUGINS", str(tmp_path / "stubborn.py"))
+    write_images(tmp_path / "images", ["a", "b"])
+    out = " ".join(invoke(["data", "extract", str(tmp_path / "images"), str(tmp_path / "f.h5"), "--extractor",
+                           "stubborn", "--quiet"], code=1).split())
+    assert ("extractor 'stubborn' of plugin 'stubborn' raised ValueError: cannot read a 4-channel image in extract() "
+            "during mmcore data extract.") in out
+    assert "stubborn.py:11 in extract" in out and "MMCORE_DEBUG=1" in out and not (tmp_path / "f.h5").exists()

@@ -118,24 +118,22 @@ def _write_rest(tmp: Path, tokenizer: Any, ckpt: dict[str, Any], source: Source,
 
     from mmcore.data.fileio import write_json
 
-    files = list(written.get("files", []))
     if not callable(getattr(tokenizer, "save_pretrained", None)):
         raise MMCoreError("the run's tokenizer cannot be saved (it has no save_pretrained); nothing exported")
-    files += [Path(f).name for f in tokenizer.save_pretrained(str(tmp))]
+    tokenizer.save_pretrained(str(tmp))
     head: dict[str, Any] | None = None
     if source.kind == "finetune":
         item = next(f for f in resolved["finetune"] if f["name"] == source.name)
         save_file(_cpu(ckpt["head"]), str(tmp / "head.safetensors"), metadata={"format": "pt"})
         head = {"name": item["head"], "options": item.get("options", {}), "file": "head.safetensors"}
-        files.append("head.safetensors")
     elif ckpt.get("tasks"):
         tensors = {f"{task}.{key}": value for task, state in ckpt["tasks"].items() for key, value in state.items()}
         save_file(_cpu(tensors), str(tmp / "tasks.safetensors"), metadata={"format": "pt"})
-        files.append("tasks.safetensors")
     backbone = {"name": name, **written.get("options", {})}
     manifest = {"format": 1, "source": str(source.checkpoint), "kind": source.kind, "name": source.name,
                 "recipe": resolved.get("name"), "backbone": backbone, "head": head,
-                "differences": written.get("differences", []), "files": sorted({*files, MANIFEST, "README.md"})}
+                "differences": written.get("differences", []),
+                "files": sorted({*(p.name for p in tmp.iterdir()), MANIFEST, "README.md"})}
     write_json(tmp / MANIFEST, manifest)
     (tmp / "README.md").write_text(model_card(manifest, resolved, source.run), encoding="utf-8")
     return manifest

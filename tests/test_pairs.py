@@ -149,6 +149,11 @@ def test_new_recipe_pretrains_and_finetunes_on_the_dataset(drawn: tuple[Path, Pa
     assert [s["name"] for s in data["stages"]] == ["phrase", "sentence"]  # no detector labels: no token stage
     assert [f["name"] for f in data["finetune"]] == ["vqa", "retrieval"]
     assert data["datasets"] == {"pairs": {"root": str(ready.resolve())}}
+    # check reads a recipe's datasets through their plugin: the same baseline as from the directory.
+    by_recipe = json.loads(invoke(["data", "check", str(recipe), "--json"]))["pairs"]["vqa"]
+    by_directory = json.loads(invoke(["data", "check", str(ready), "--json"]))["question_only"]["vqa"]
+    assert by_recipe["test"]["question_only"] == pytest.approx(by_directory["test"]["all"])
+    assert by_recipe["train"]["records"] == 480 and "question_only" not in by_recipe["train"]
     tiny = ["--set", "backbone.hidden_size=32", "--set", "backbone.num_attention_heads=2",
             "--set", "backbone.intermediate_size=64", "--set", "backbone.x_layers=1",
             *(x for s in ("stages.phrase", "stages.sentence", "finetune.vqa", "finetune.retrieval")
@@ -159,8 +164,7 @@ def test_new_recipe_pretrains_and_finetunes_on_the_dataset(drawn: tuple[Path, Pa
     assert set(results["_stages"]) == {"phrase", "sentence"}
     vqa = results["vqa"]["metrics"]
     # The results carry the question-only baseline and the accuracy per question type beside the accuracy.
-    report = json.loads(invoke(["data", "check", str(ready), "--json"]))
-    assert vqa["question_only"] == pytest.approx(report["question_only"]["vqa"]["test"]["all"])
+    assert vqa["question_only"] == pytest.approx(by_directory["test"]["all"])
     assert {"accuracy", "accuracy_colour", "accuracy_shape", "accuracy_yes/no"} <= set(vqa)
     assert "ir_r1" in results["retrieval"]["metrics"]
 

@@ -90,6 +90,7 @@ class Result:
     peak: str
     losses: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)  # process CPU time per step (host side)
+    peak_bytes: int | None = None  # CUDA: max allocated; CPU: the resident set's rise (None where unknown)
 
     @property
     def median(self) -> float:
@@ -357,7 +358,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
             log(f"{dtype}: step {i + 1}/{cfg.steps}: " + ", ".join(f"{n} {t[-1] * 1e3:.0f} ms" for n, t in times.items()))
         for runner in runners:
             results.append(Result(runner.name, dtype, times[runner.name], flops[runner.name],
-                                  memory.describe(runner.name), losses[runner.name], cpu_times[runner.name]))
+                                  memory.describe(runner.name), losses[runner.name], cpu_times[runner.name],
+                                  memory.peak.get(runner.name)))
     return results
 
 

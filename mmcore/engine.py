@@ -27,6 +27,7 @@ from mmcore.errors import MMCoreError
 from mmcore.finetuning import finetune, start_state, started_from
 from mmcore.loggers import run_loggers
 from mmcore.machine import machine_fingerprint
+from mmcore.phases import phase
 from mmcore.plugins import Plugins
 from mmcore.progress import Reporter
 from mmcore.rundir import RunDir, fingerprint
@@ -245,8 +246,9 @@ class Engine:
         backbone_entry = self.registry.get("backbone", self.recipe["backbone"]["name"])
 
         def step(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-            for task_name, task in tasks.items():
-                call(self.registry, entries[task_name], "corrupt", task.corrupt, batch, generator)
+            with phase("masking"):
+                for task_name, task in tasks.items():
+                    call(self.registry, entries[task_name], "corrupt", task.corrupt, batch, generator)
             output = call(self.registry, backbone_entry, "forward", backbone.encode, batch)
             parts = {task_name: call(self.registry, entries[task_name], "loss", task.loss, output, batch)
                      for task_name, task in tasks.items()}
@@ -273,8 +275,9 @@ class Engine:
         final = saved()
         metrics = {"steps": result.steps, "samples": result.samples, "seconds": round(result.seconds, 1),
                    **{f"final_{k}": v for k, v in result.last_losses.items()}}
-        files.save_final({**final, "step": result.steps, "fingerprint": fingerprint(final["backbone"]),
-                          "rng": torch.get_rng_state(), "training": result.state, "metrics": metrics})
+        with phase("checkpoint"):
+            files.save_final({**final, "step": result.steps, "fingerprint": fingerprint(final["backbone"]),
+                              "rng": torch.get_rng_state(), "training": result.state, "metrics": metrics})
         stages = self.results.setdefault("_stages", {})
         stages[name] = metrics
         self.run.write_results(self.results)

@@ -24,6 +24,7 @@ from mmcore.data.loader import Batches, useful_workers
 from mmcore.distributed import Dist, Forward, micro_batch_size
 from mmcore.errors import MMCoreError
 from mmcore.loopstate import Progress, Window, check_compatible
+from mmcore.phases import begin, end, phase
 from mmcore.progress import Reporter
 
 PrepareFn = Callable[[Example, ExampleSource, random.Random], list[Example]]
@@ -49,7 +50,8 @@ class MixedExamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[Example, ExampleSource]:
         number, inner = self.locate(index)
-        return self.views[number][inner], self.views[number]
+        with phase("read"):
+            return self.views[number][inner], self.views[number]
 
 
 class EpochSampler(Sampler[int]):
@@ -109,12 +111,14 @@ class PrepareCollate:
 
     def __call__(self, items: list[tuple[Example, ExampleSource]]) -> Batch:
         out: list[Example] = []
-        for example, source in items:
-            examples = [dict(example)]
-            for fn in self.prepare:
-                examples = [new for ex in examples for new in fn(ex, source, self.rng)]
-            out.extend(examples)
-        return self.collator(out)
+        with phase("prepare"):
+            for example, source in items:
+                examples = [dict(example)]
+                for fn in self.prepare:
+                    examples = [new for ex in examples for new in fn(ex, source, self.rng)]
+                out.extend(examples)
+        with phase("collate"):
+            return self.collator(out)
 
 
 @dataclass
@@ -339,13 +343,18 @@ def train_loop(
                 optimizer.zero_grad(set_to_none=True)
                 outputs, samples = [], 0
                 for index in range(count):
-                    batch = to_device(next(batches), device)
+                    with phase("fetch"):
+                        fetched = next(batches)
+                    with phase("host_to_device"):
+                        batch = to_device(fetched, device)
                     with forward.no_sync() if index < count - 1 else nullcontext():
-                        with autocast(device, precision):
+                        with autocast(device, precision), phase("forward"):
                             loss, parts = forward(batch)
-                        (loss if count == 1 else loss / count).backward()
+                        with phase("backward"):
+                            (loss if count == 1 else loss / count).backward()
                     outputs.append({"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}})
                     samples += int(batch["input_ids"].shape[0]) if "input_ids" in batch else micro
+                timed = begin("optimizer")
                 losses = outputs[0] if count == 1 else {k: sum(o[k] for o in outputs) / count for k in outputs[0]}
                 bad = watch.observe(progress.step + 1, losses["loss"], {k: v for k, v in losses.items() if k != "loss"})
                 if skip and dist.enabled:  # the same decision on every process
@@ -364,7 +373,9 @@ def train_loop(
                     schedule.step()
                 progress.step, progress.in_epoch, progress.since = progress.step + 1, progress.in_epoch + 1, progress.since + 1
                 window.add(losses, bad, samples)
+                end(timed)
                 if progress.since == log_every or progress.step == total:
+                    timed = begin("logging")
                     check_finite()
                     good, means, seen = window.averages(dist)
                     progress.samples += seen
@@ -378,10 +389,12 @@ def train_loop(
                     parts = " · ".join(f"{k} {v:.4f}" for k, v in progress.last.items() if k != "loss") if good else ""
                     bar.advance(progress.since, info=f"{info}{rate:,.0f} samples/s", detail=parts)
                     progress.since, window_start = 0, time.perf_counter()
+                    end(timed)
                 if checkpoint and checkpoint_every and progress.step % checkpoint_every == 0 and progress.step < total:
                     check_finite()
                     seconds, progress.seconds = progress.seconds, progress.seconds + time.perf_counter() - start
-                    checkpoint(state())
+                    with phase("checkpoint"):
+                        checkpoint(state())
                     progress.seconds = seconds
     skipped = int(watch.skipped)
     if skipped:

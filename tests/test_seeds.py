@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -190,3 +191,46 @@ def test_a_group_matches_its_recipe_whatever_its_seeds(group):
     text = (group["path"] / "recipe.seeds.yaml").read_text()
     assert same_group(text, text.replace("seeds: [0, 1, 2]", "seeds: [0, 1, 2, 3, 4]"))
     assert "lr: 0.0001" in text and not same_group(text, text.replace("lr: 0.0001", "lr: 0.001"))
+
+
+SEED_PAUSE_PLUGIN = '''
+"""Pause one seed's run at one logged step (env MMCORE_TEST_PAUSE: "seed N:log:SCOPE:STEP") so it can be killed."""
+import os
+import time
+from pathlib import Path
+
+import mmcore
+
+
+@mmcore.hookimpl
+def mmcore_log(run, step, metrics):
+    if os.environ.get("MMCORE_TEST_PAUSE") == f"seed {run.seed}:log:{metrics['scope']}:{step}":
+        Path(os.environ["MMCORE_TEST_MARK"]).write_text("paused")
+        time.sleep(600)
+'''
+
+
+@pytest.mark.slow  # two processes, one killed (about a minute on 2 cores); the fast test above simulates it
+def test_a_group_killed_in_its_second_seed_resumes_that_seed_only(tmp_path):
+    from tests.test_resume_kill import KILL, _mmcore
+
+    (tmp_path / "pause.py").write_text(SEED_PAUSE_PLUGIN)
+    recipe = tmp_path / "kill.yaml"
+    recipe.write_text(KILL)
+    env = {**os.environ, "MMCORE_PLUGINS": str(tmp_path / "pause.py"), "OMP_NUM_THREADS": "1"}
+    group_path = tmp_path / "runs" / "kill" / "g"
+    # SIGKILL at step 3 of seed 1's token stage, after its checkpoint of step 2; seed 0 is complete by then.
+    _mmcore(["run", str(recipe), "--seeds", "0,1", "--output-dir", str(tmp_path / "runs"), "--run-name", "g",
+             "--cache-dir", str(tmp_path / "cache"), "--quiet"], env, pause="seed 1:log:token:3",
+            mark=tmp_path / "paused")
+    seed_0, seed_1 = group_path / "seed_0", group_path / "seed_1"
+    assert (seed_0 / "finetune" / "vqa" / "checkpoint.pt").is_file() and (seed_0 / "results.json").is_file()
+    assert (seed_1 / "stages" / "token" / "partial.pt").is_file() and not (seed_1 / "results.json").exists()
+    kept = checkpoint_times(seed_0)
+    _mmcore(["run", "--resume", str(group_path), "--cache-dir", str(tmp_path / "cache"), "--quiet"], env)
+    assert checkpoint_times(seed_0) == kept
+    results = json.loads((seed_1 / "results.json").read_text())
+    assert results["_stages"]["token"]["steps"] == 5 and "accuracy" in results["vqa"]["metrics"]
+    aggregate = json.loads((group_path / "results.json").read_text())
+    assert aggregate["vqa"]["metrics"]["accuracy"]["n"] == 2
+    assert aggregate["_runs"] == {"0": {"path": "seed_0", "complete": True}, "1": {"path": "seed_1", "complete": True}}

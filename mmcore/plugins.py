@@ -56,8 +56,9 @@ class PluginInfo:
 
     def label(self) -> str:
         """``plugin 'name' (distribution 1.0)``: how messages name this plugin."""
-        dist = f" ({self.distribution} {self.version})".replace(" )", ")") if self.distribution else ""
-        return f"plugin {self.name!r}{dist}"
+        if not self.distribution:
+            return f"plugin {self.name!r}"
+        return f"plugin {self.name!r} ({' '.join(p for p in (self.distribution, self.version) if p)})"
 
 
 @dataclass

@@ -176,3 +176,13 @@ def test_a_batch_mixing_marked_and_unmarked_views_collates_in_either_order(phras
         batch = Collator(tok, 20)(examples)
         assert _words(tok, batch, row, batch[FOCUS_TOKENS]) == ["dog"]
         assert not batch[FOCUS_TOKENS][1 - row].any() and FOCUS_SPANS not in batch
+
+
+def test_word_marker_matches_whole_names_longest_first_and_never_across_a_comma() -> None:
+    marker = WordMarker(["red", "light", "traffic light", "car traffic", "t-shirt", "car"])
+    def marked(text: str) -> list[str]:
+        return [text[a:b] for a, b in marker.spans(text)]
+    assert marked("Red traffic light") == ["Red", "traffic light"]  # case-insensitive, the longer name wins
+    assert marked("car, traffic light") == ["car", "traffic light"]  # "car traffic" spans a comma: no match
+    assert marked("a white t-shirt") == ["t-shirt"]
+    assert marked("lightly redder cars") == []  # whole words only

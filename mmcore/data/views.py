@@ -19,6 +19,7 @@ from mmcore.data.store import FeatureStore
 from mmcore.errors import MMCoreError
 
 _REJECTION_TRIES = 64
+_WORD = re.compile(r"\w+")
 
 
 class PairView:
@@ -213,16 +214,30 @@ def token_pairs(store: FeatureStore, object_names: Sequence[str], img_ids: Seque
 
 class WordMarker:
     """Finds whole-word occurrences of a vocabulary's names in texts (case-insensitive; a longer name wins, so
-    ``traffic light`` is one span, not ``light`` alone): the phrase views mark attribute and category words so."""
+    ``traffic light`` is one span, not ``light`` alone): the phrase views mark attribute and category words so.
+
+    Texts and names are split into words (``\\w+``); a name of several words matches consecutive words joined by
+    spaces, hyphens or apostrophes only (never across a comma).
+    """
 
     def __init__(self, names: Sequence[str]) -> None:
-        words = sorted({n.strip().lower() for n in names if n.strip()}, key=lambda n: (-len(n), n))
-        body = "|".join(r"\s+".join(map(re.escape, w.split())) for w in words)
-        self._pattern = re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE) if words else None
+        self._names = {tuple(w.lower() for w in _WORD.findall(n)) for n in names} - {()}
+        self._longest = max(map(len, self._names), default=0)
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """(start, end) character spans of the names in ``text``, left to right, not overlapping."""
-        return [m.span() for m in self._pattern.finditer(text)] if self._pattern is not None else []
+        words = [(m.start(), m.end(), m.group().lower()) for m in _WORD.finditer(text)]
+        joined = [not text[a[1]:b[0]].strip(" -'") for a, b in zip(words, words[1:])]
+        out, i = [], 0
+        while i < len(words):
+            for k in range(min(self._longest, len(words) - i), 0, -1):
+                if all(joined[i:i + k - 1]) and tuple(w for _, _, w in words[i:i + k]) in self._names:
+                    out.append((words[i][0], words[i + k - 1][1]))
+                    i += k
+                    break
+            else:
+                i += 1
+        return out
 
     def extras(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         """Per-text extra fields for a :class:`PairView`: ``focus_spans``, the marked words of each text."""

@@ -122,6 +122,14 @@ def test_batch_rerun_finishes_seed_groups_per_seed(group):
     assert "resumed (seed 0 skipped, seed 1 skipped, seed 2 resumed)" in again
     assert "skipped (seed 0 skipped, seed 1 skipped, seed 2 skipped)" in again
     assert "retrieval" in json.loads(results.read_text())
+    # The command it prints compares the two groups, paired by seed.
+    assert f"mmcore report {tmp / 'runs'}/*" in again
+    out = tmp / "report"
+    invoke(["report", *(str(p) for p in sorted((tmp / "runs").iterdir())), "--baseline", "vanilla", "--out", str(out),
+            "--no-plots"])
+    report = (out / "report.md").read_text()
+    assert "| tiny | Three | T → P → S |" in report and "| vanilla | None | vanilla | – | 3 (0, 1, 2) |" in report
+    assert "## Paired differences to vanilla" in report and "| tiny | 3 |" in report
 
 
 @pytest.mark.parametrize(("value", "message"), [

@@ -189,3 +189,39 @@ def test_a_source_folder_is_prepared_on_first_use_and_cached(drawn: tuple[Path, 
     assert len(view) == 160 and view[0]["visual_feats"].shape == (4, 16)
     with pytest.raises(Exception, match="detector labels"):
         again.view("token", "train")
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_every_kind_gives_its_view_over_a_given_store_and_tokenizer(drawn: tuple[Path, Path], tmp_path: Path) -> None:
+    from mmcore.data.tokenizer import load_tokenizer
+    from mmcore_pairs.dataset import Pairs
+
+    _, ready = drawn
+    source = tmp_path / "source"
+    source.mkdir()
+    for split, n in (("train", 6), ("val", 2)):
+        images = [f"{split}/{i}.png" for i in range(n)]
+        _write_jsonl(source / f"gqa_{split}.jsonl", [{"image": im, "question": "what colour is it?",
+                                                      "answer": "Red ", "id": f"{split}{i}"}
+                                                     for i, im in enumerate(images)])
+        _write_jsonl(source / f"nlvr2_{split}.jsonl", [{"images": [images[i], images[i - 1]], "text": "two shapes",
+                                                        "label": i % 2 == 0} for i in range(n)])
+        _write_jsonl(source / f"retrieval_{split}.jsonl", [{"image": im, "texts": ["a shape", f"picture {i}"]}
+                                                           for i, im in enumerate(images)])
+    tokenizer = tmp_path / "tokenizer"
+    load_tokenizer(ready).save_pretrained(str(tokenizer))
+    invoke(["data", "prepare", str(source), str(tmp_path / "ready"), "--features", str(ready / "features.h5"),
+            "--tokenizer", str(tokenizer), "--quiet"])
+    data = Pairs({"root": str(tmp_path / "ready")}, tmp_path / "cache")
+    assert data.info().answers == {"gqa": ("red",)} and data.info().vocab_size == len(load_tokenizer(ready))
+    gqa = data.view("gqa", "val")
+    assert len(gqa) == 2 and gqa[1]["question_id"] == "val1" and gqa[1]["gqa_target"].tolist() == [1.0]
+    nlvr2 = data.view("nlvr2", "train")[1]
+    assert (nlvr2["img_id"], nlvr2["img_id_1"], nlvr2["nlvr2_label"]) == ("train/1", "train/0", 0)
+    retrieval = data.view("retrieval", "train")
+    assert len(retrieval) == 12 and retrieval.captions_of("train/2") == ["a shape", "picture 2"]
+    with pytest.raises(Exception, match="vqa.jsonl with split 'train'"):
+        data.view("vqa", "train")

@@ -1,4 +1,11 @@
-"""User-facing errors: the CLI prints them without a traceback and exits with code 2."""
+"""User-facing errors: the CLI prints them without a traceback and exits with their ``exit_code``.
+
+Exit codes of ``mmcore``: 0 success; 1 a bug (a plugin's code raised: the plugin is named, see mmcore.blame; or
+an unexpected error in mmcore, with its traceback); 2 a recipe or usage error (:class:`MMCoreError`,
+:class:`RecipeError`, :class:`PluginError`, and click's own usage errors); 3 a data error (:class:`DataError`: a
+missing, truncated or malformed data file); 4 a run that started and failed (:class:`RunFailed`: the loss became
+NaN or infinite).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +34,18 @@ class RecipeError(MMCoreError):
 
 class PluginError(MMCoreError):
     """A plugin failed to load or registered something inconsistent."""
+
+
+class DataError(MMCoreError):
+    """Data that cannot be read as it should (missing, truncated or malformed files); exit code 3."""
+
+    exit_code = 3
+
+
+class RunFailed(MMCoreError):
+    """A run that started and then failed (the loss became NaN or infinite); exit code 4."""
+
+    exit_code = 4
 
 
 class OptionError(ValueError):

@@ -22,7 +22,7 @@ from mmcore.checkpointing import capture_rng, restore_rng
 from mmcore.data.collate import Collator, to_device
 from mmcore.data.loader import Batches, useful_workers
 from mmcore.distributed import Dist, Forward, micro_batch_size
-from mmcore.errors import MMCoreError
+from mmcore.errors import RunFailed
 from mmcore.loopstate import Progress, Window, check_compatible
 from mmcore.phases import begin, end, phase
 from mmcore.progress import Reporter
@@ -295,9 +295,9 @@ def train_loop(
         first, names = watch.first(dist)
         if first >= 0 and not skip:
             where = f"in {', '.join(names)}" if names else "in the total loss"
-            raise MMCoreError(f"{description}: non-finite loss (NaN or inf) at step {first} {where}; stopped, no "
-                              "checkpoint written. Lower the learning rate or check the data, or set "
-                              "'optim: {nonfinite: skip}' to skip such steps")
+            raise RunFailed(f"{description}: non-finite loss (NaN or inf) at step {first} {where}; stopped, no "
+                            "checkpoint written. Lower the learning rate or check the data, or set "
+                            "'optim: {nonfinite: skip}' to skip such steps")
 
     if resume is not None:
         check_compatible(resume, total, batch_size, description)

@@ -65,10 +65,11 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
-def invoke(args: list[str]) -> str:
-    """Run the CLI; assert exit 2 through MMCoreError (no other exception, no traceback); the output."""
+def invoke(args: list[str], code: int = 2) -> str:
+    """Run the CLI; assert exit ``code`` (2: recipe or usage, 3: data) through MMCoreError (no other exception, no
+    traceback); the output."""
     result = CliRunner().invoke(main, args, terminal_width=1000)
-    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.exit_code == code, (result.output, result.exception)
     assert isinstance(result.exception, SystemExit), result.exception  # any other exception would be a crash
     assert "Traceback" not in result.output and "error:" in result.output
     return flat(result.output)
@@ -246,13 +247,13 @@ def _world_file(cache: Path, name: str) -> Path:
     return directory / name
 
 
-def _run(tmp_path: Path, cache: Path, *args: str) -> str:
+def _run(tmp_path: Path, cache: Path, *args: str, code: int = 2) -> str:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(TINY)
     (tmp_path / "runs").mkdir()  # the output directory may exist already; what goes inside it must not stay
     before = snapshot(tmp_path)
     output = invoke(["run", str(recipe), "--output-dir", str(tmp_path / "runs"), "--run-name", "r",
-                     "--cache-dir", str(cache), "--quiet", *args])
+                     "--cache-dir", str(cache), "--quiet", *args], code)
     assert_nothing_left(before, tmp_path)  # the fresh run directory is removed again, nothing half-written
     return output
 
@@ -265,13 +266,13 @@ def _run(tmp_path: Path, cache: Path, *args: str) -> str:
 def test_damaged_cached_feature_store_stops_a_run(tmp_path, cache, damage, expected):
     path = _world_file(cache, "features.h5")
     damage(path)
-    assert f"{path}: {expected}" in _run(tmp_path, cache)
+    assert f"{path}: {expected}" in _run(tmp_path, cache, code=3)  # a data error
 
 
 def test_damaged_cached_vqa_file_stops_a_run(tmp_path, cache):
     path = _world_file(cache, "vqa_train.json")
     path.write_text('[{"img_id": "train_0", "question_id": 1,\n "sent": }]')
-    assert f"{path}:2:10: not valid JSON: Expecting value" in _run(tmp_path, cache, "--set", "stages=[]")
+    assert f"{path}:2:10: not valid JSON: Expecting value" in _run(tmp_path, cache, "--set", "stages=[]", code=3)
 
 
 def test_init_checkpoint_of_another_width_stops_before_training(tmp_path, world):

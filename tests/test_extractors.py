@@ -149,7 +149,7 @@ def test_option_and_input_mistakes_are_clear(tmp_path: Path) -> None:
                                                           code=2)
     assert "holdsnoimage" in run_cli(["data", "extract", tmp_path, tmp_path / "out.h5", "--extractor", "grid"], code=2)
     (tmp_path / "images" / "a.jpeg").write_bytes(b"")
-    assert "sameimageid'a'" in run_cli([*base, "--extractor", "grid"], code=2)
+    assert "sameimageid'a'" in run_cli([*base, "--extractor", "grid"], code=3)
     (tmp_path / "images" / "a.jpeg").unlink()
     (tmp_path / "out.h5").write_text("keep me")
     assert "--overwrite" in run_cli([*base, "--extractor", "grid"], code=2)

@@ -171,7 +171,7 @@ def test_stop_then_resume_with_skip(tmp_path, cache_dir):
     recipe, runs = _recipe(tmp_path), tmp_path / "runs"
     args = ["--cache-dir", str(cache_dir), "--quiet"]
     result = _invoke(["run", str(recipe), "--output-dir", str(runs), "--run-name", "a", *args])
-    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+    assert result.exit_code == 4 and isinstance(result.exception, SystemExit), (result.output, result.exception)
     assert ("error: stage 2/2 phrase: non-finite loss (NaN or inf) at step 2 in nan_at; stopped, no checkpoint "
             "written") in " ".join(result.output.split())
     run = runs / "nan" / "a"

@@ -62,9 +62,10 @@ def ok(args: list[str]) -> str:
     return result.output
 
 
-def fails(args: list[str], *needles: str) -> str:
+def fails(args: list[str], *needles: str, code: int = 2) -> str:
+    """The command fails with ``code`` (2: usage, 3: a data file's content) and says each needle, no traceback."""
     result = invoke(args)
-    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.exit_code == code, (result.output, result.exception)
     assert "Traceback" not in result.output
     flat = "".join(result.output.split())  # the console may wrap long lines anywhere
     for needle in needles:
@@ -148,13 +149,13 @@ def test_bad_lines_name_file_and_line_and_leave_nothing(tmp_path: Path, case: st
         expect = "outside the 10×10 image"
     path = write_tsv(tmp_path / "bad.tsv", [good[0], bad, good[2]])
     out = tmp_path / "bad.h5"
-    fails(["data", "convert-tsv", path, out], f"{path}:2", expect)
+    fails(["data", "convert-tsv", path, out], f"{path}:2", expect, code=3)
     assert not out.exists() and not (tmp_path / "bad.h5.tmp").exists()
 
 
 def test_duplicate_image_across_inputs(tsv: Path, tmp_path: Path) -> None:
     again = write_tsv(tmp_path / "again.tsv", [tsv_line(0, IMAGES[0])])
-    fails(["data", "convert-tsv", tsv, again, tmp_path / "x.h5"], f"{again}:1", "already read at", f"{tsv}:1")
+    fails(["data", "convert-tsv", tsv, again, tmp_path / "x.h5"], f"{again}:1", "already read at", f"{tsv}:1", code=3)
 
 
 def test_float16_overflow_asks_for_float32(tmp_path: Path) -> None:
@@ -164,7 +165,7 @@ def test_float16_overflow_asks_for_float32(tmp_path: Path) -> None:
     path = write_tsv(tmp_path / "big.tsv", [encode_tsv_line(spec["img_id"], spec["h"], spec["w"], a["obj_ids"],
                                                             a["obj_conf"], a["attr_ids"], a["attr_conf"], a["boxes"],
                                                             a["features"])])
-    fails(["data", "convert-tsv", path, tmp_path / "big.h5"], f"{path}:1", "--dtype float32")
+    fails(["data", "convert-tsv", path, tmp_path / "big.h5"], f"{path}:1", "--dtype float32", code=3)
     ok(["data", "convert-tsv", path, tmp_path / "big.h5", "--dtype", "float32"])
 
 

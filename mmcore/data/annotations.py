@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcore.data.fileio import write_json, write_lines
-from mmcore.errors import MMCoreError
+from mmcore.errors import DataError
 
 PathLike = str | os.PathLike[str]
 ANS2LABEL = "trainval_ans2label.json"
@@ -31,39 +31,39 @@ _VQA_KEYS = ("img_id", "label", "question_id", "sent")
 def _load(path: PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise MMCoreError(f"annotation file {path} does not exist")
+        raise DataError(f"annotation file {path} does not exist")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as exc:
-        raise MMCoreError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
     except UnicodeDecodeError as exc:
-        raise MMCoreError(f"{path}: not valid JSON: byte {exc.start} is not UTF-8 text") from None
+        raise DataError(f"{path}: not valid JSON: byte {exc.start} is not UTF-8 text") from None
     except OSError as exc:
-        raise MMCoreError(f"{path}: cannot read: {exc.strerror}") from None
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _field(path: PathLike, what: str, rec: Any, key: str, kind: type | tuple[type, ...], kind_name: str) -> Any:
     """``rec[key]``, checked to be a mapping entry of type ``kind``; the error names file, record and key."""
     if not isinstance(rec, dict):
-        raise MMCoreError(f"{path}: {what} is a {type(rec).__name__}, not a JSON object")
+        raise DataError(f"{path}: {what} is a {type(rec).__name__}, not a JSON object")
     if key not in rec:
-        raise MMCoreError(f"{path}: {what} lacks {key!r}")
+        raise DataError(f"{path}: {what} lacks {key!r}")
     value = rec[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise MMCoreError(f"{path}: {what}: {key!r} must be {kind_name}, got {type(value).__name__} {value!r:.60}")
+        raise DataError(f"{path}: {what}: {key!r} must be {kind_name}, got {type(value).__name__} {value!r:.60}")
     return value
 
 
 def _strings(path: PathLike, what: str, values: Any) -> list[str]:
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise MMCoreError(f"{path}: {what} must be a list of strings, got {values!r:.60}")
+        raise DataError(f"{path}: {what} must be a list of strings, got {values!r:.60}")
     return values
 
 
 def _require_list(path: PathLike, data: Any, what: str) -> list[Any]:
     if not isinstance(data, list):
-        raise MMCoreError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
+        raise DataError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
     return data
 
 
@@ -79,7 +79,7 @@ def read_pretrain(path: PathLike) -> list[dict[str, Any]]:
         for source, sents in sentf.items():
             _strings(path, f"{what}: sentf[{source!r}]", sents)
         if not isinstance(rec.setdefault("labelf", {}), dict):
-            raise MMCoreError(f"{path}: {what}: 'labelf' must be an object, got {type(rec['labelf']).__name__}")
+            raise DataError(f"{path}: {what}: 'labelf' must be an object, got {type(rec['labelf']).__name__}")
     return records
 
 
@@ -107,17 +107,17 @@ def read_vqa(path: PathLike) -> list[dict[str, Any]]:
 def _check_question(path: PathLike, i: int, rec: Any, keys: Sequence[str]) -> str:
     """Check question ``i``'s shape, text and label (an absent label becomes ``{}``); how to name it in errors."""
     if not isinstance(rec, dict):
-        raise MMCoreError(f"{path}: question {i} is a {type(rec).__name__}, not a JSON object")
+        raise DataError(f"{path}: question {i} is a {type(rec).__name__}, not a JSON object")
     missing = [k for k in keys if k not in rec]
     if missing:
-        raise MMCoreError(f"{path}: question {i} lacks {', '.join(repr(k) for k in missing)}")
+        raise DataError(f"{path}: question {i} lacks {', '.join(repr(k) for k in missing)}")
     what = f"question {i} (question_id {rec['question_id']!r})"
     _field(path, what, rec, "img_id", str, "a string")
     _field(path, what, rec, "sent", str, "a string")
     label = rec.setdefault("label", {})
     if not isinstance(label, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                               for v in label.values()):
-        raise MMCoreError(f"{path}: {what}: 'label' must map answers to scores, got {label!r:.60}")
+        raise DataError(f"{path}: {what}: 'label' must map answers to scores, got {label!r:.60}")
     return what
 
 
@@ -126,7 +126,7 @@ def write_vqa(path: PathLike, records: Sequence[dict[str, Any]]) -> None:
     for i, rec in enumerate(records):
         missing = [k for k in _VQA_KEYS if k not in rec]
         if missing:
-            raise MMCoreError(f"{path}: question {i} lacks {', '.join(missing)}")
+            raise DataError(f"{path}: question {i} lacks {', '.join(missing)}")
     write_json(path, list(records))
 
 
@@ -138,7 +138,7 @@ def vqa_soft_score(annotators: int) -> float:
 def write_answer_table(directory: PathLike, answers: Sequence[str]) -> None:
     """Write ``trainval_ans2label.json`` and ``trainval_label2ans.json`` for an ordered answer list."""
     if len(set(answers)) != len(answers):
-        raise MMCoreError(f"{directory}: the answer table has duplicate answers")
+        raise DataError(f"{directory}: the answer table has duplicate answers")
     directory = Path(directory)
     write_json(directory / ANS2LABEL, {a: i for i, a in enumerate(answers)})
     write_json(directory / LABEL2ANS, list(answers))
@@ -151,10 +151,10 @@ def read_answer_table(directory: PathLike) -> list[str]:
     if (directory / ANS2LABEL).is_file():
         ans2label = _load(directory / ANS2LABEL)
         if not isinstance(ans2label, dict):
-            raise MMCoreError(f"{directory / ANS2LABEL}: expected a JSON object mapping answers to labels, "
-                              f"got {type(ans2label).__name__}")
+            raise DataError(f"{directory / ANS2LABEL}: expected a JSON object mapping answers to labels, "
+                            f"got {type(ans2label).__name__}")
         if any(ans2label.get(a) != i for i, a in enumerate(label2ans)) or len(ans2label) != len(label2ans):
-            raise MMCoreError(f"{directory}: {ANS2LABEL} and {LABEL2ANS} disagree")
+            raise DataError(f"{directory}: {ANS2LABEL} and {LABEL2ANS} disagree")
     return [str(a) for a in label2ans]
 
 
@@ -165,12 +165,12 @@ def read_answer_file(path: PathLike) -> list[str]:
     if isinstance(data, list):
         return [str(a) for a in data]
     if not isinstance(data, dict):
-        raise MMCoreError(f"{path}: expected {{answer: index}} or a list of answers, got {type(data).__name__}")
+        raise DataError(f"{path}: expected {{answer: index}} or a list of answers, got {type(data).__name__}")
     answers: list[str | None] = [None] * len(data)
     for answer, index in data.items():
         if not isinstance(index, int) or not 0 <= index < len(data) or answers[index] is not None:
-            raise MMCoreError(f"{path}: answer {answer!r} has index {index!r}; indices must be 0..{len(data) - 1}, "
-                              "each used once")
+            raise DataError(f"{path}: answer {answer!r} has index {index!r}; indices must be 0..{len(data) - 1}, "
+                            "each used once")
         answers[index] = str(answer)
     return [str(a) for a in answers]
 
@@ -214,14 +214,14 @@ def read_vocab_txt(path: PathLike) -> list[str]:
     """Names of a detector vocabulary, one per line; of ``name,alias`` lines the first name is kept."""
     path = Path(path)
     if not path.is_file():
-        raise MMCoreError(f"vocabulary file {path} does not exist")
+        raise DataError(f"vocabulary file {path} does not exist")
     try:
         with open(path, encoding="utf-8") as f:
             names = [line.split(",")[0].strip() for line in f if line.strip()]
     except UnicodeDecodeError as exc:
-        raise MMCoreError(f"{path}: not a text vocabulary (byte {exc.start} is not UTF-8)") from None
+        raise DataError(f"{path}: not a text vocabulary (byte {exc.start} is not UTF-8)") from None
     if not names:
-        raise MMCoreError(f"{path}: the vocabulary is empty")
+        raise DataError(f"{path}: the vocabulary is empty")
     return names
 
 
@@ -229,7 +229,7 @@ def write_vocab_txt(path: PathLike, names: Sequence[str]) -> None:
     """Write one name per line."""
     bad = [n for n in names if "," in n or "\n" in n or not n.strip()]
     if bad:
-        raise MMCoreError(f"{path}: vocabulary names may not be empty or contain ',' or newlines: {bad[:5]}")
+        raise DataError(f"{path}: vocabulary names may not be empty or contain ',' or newlines: {bad[:5]}")
     write_lines(path, list(names))
 
 
@@ -254,9 +254,9 @@ def write_gqa(path: PathLike, records: Sequence[dict[str, Any]]) -> None:
     for i, rec in enumerate(records):
         missing = [k for k in (*_GQA_KEYS, "label") if k not in rec]
         if missing:
-            raise MMCoreError(f"{path}: question {i} lacks {', '.join(missing)}")
+            raise DataError(f"{path}: question {i} lacks {', '.join(missing)}")
         if not isinstance(rec["question_id"], str):
-            raise MMCoreError(f"{path}: question {i}: GQA question ids are strings, got {rec['question_id']!r}")
+            raise DataError(f"{path}: question {i}: GQA question ids are strings, got {rec['question_id']!r}")
     write_json(path, [{"img_id": r["img_id"], "label": r["label"], "question_id": r["question_id"],
                        "sent": r["sent"]} for r in records])
 
@@ -265,7 +265,7 @@ def write_answer_file(path: PathLike, answers: Sequence[str]) -> None:
     """Write one answer table as ``{answer: index}`` (e.g. GQA's ``trainval_ans2label.json``); read it back with
     :func:`read_answer_file`."""
     if len(set(answers)) != len(answers):
-        raise MMCoreError(f"{path}: the answer table has duplicate answers")
+        raise DataError(f"{path}: the answer table has duplicate answers")
     write_json(path, {a: i for i, a in enumerate(answers)})
 
 
@@ -277,7 +277,7 @@ def _nlvr2_label(path: PathLike, what: str, value: Any) -> int:
         return int(value == "True")
     if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
         return value
-    raise MMCoreError(f"{path}: {what}: 'label' must be 0 or 1 (or \"True\"/\"False\"), got {value!r:.60}")
+    raise DataError(f"{path}: {what}: 'label' must be 0 or 1 (or \"True\"/\"False\"), got {value!r:.60}")
 
 
 def read_nlvr2(path: PathLike) -> list[dict[str, Any]]:
@@ -286,10 +286,10 @@ def read_nlvr2(path: PathLike) -> list[dict[str, Any]]:
     records = _require_list(path, _load(path), "NLVR2 statements")
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
-            raise MMCoreError(f"{path}: statement {i} is a {type(rec).__name__}, not a JSON object")
+            raise DataError(f"{path}: statement {i} is a {type(rec).__name__}, not a JSON object")
         missing = [k for k in _NLVR2_KEYS if k not in rec]
         if missing:
-            raise MMCoreError(f"{path}: statement {i} lacks {', '.join(repr(k) for k in missing)}")
+            raise DataError(f"{path}: statement {i} lacks {', '.join(repr(k) for k in missing)}")
         what = f"statement {i} (identifier {rec['identifier']!r})"
         for key in _NLVR2_KEYS:
             _field(path, what, rec, key, str, "a string")
@@ -304,7 +304,7 @@ def write_nlvr2(path: PathLike, records: Sequence[dict[str, Any]]) -> None:
     for i, rec in enumerate(records):
         missing = [k for k in (*_NLVR2_KEYS, "label") if k not in rec]
         if missing:
-            raise MMCoreError(f"{path}: statement {i} lacks {', '.join(missing)}")
+            raise DataError(f"{path}: statement {i} lacks {', '.join(missing)}")
         out.append({"identifier": rec["identifier"], "img0": rec["img0"], "img1": rec["img1"],
                     "label": _nlvr2_label(path, f"statement {i}", rec["label"]), "sent": rec["sent"],
                     "uid": rec.get("uid", rec["identifier"])})

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcore.errors import MMCoreError
+from mmcore.errors import DataError, MMCoreError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 Decoder = Callable[[Path], np.ndarray]
 
 
-class ImageReadError(MMCoreError):
+class ImageReadError(DataError):
     """An image file that cannot be decoded; ``path`` names it."""
 
     def __init__(self, path: Path, reason: str) -> None:
@@ -31,8 +31,8 @@ def list_images(folder: Path) -> list[tuple[str, Path]]:
     seen: dict[str, Path] = {}
     for path in files:
         if path.stem in seen:
-            raise MMCoreError(f"{seen[path.stem]} and {path} have the same image id {path.stem!r} (the file name "
-                              "without its extension); keep one of them")
+            raise DataError(f"{seen[path.stem]} and {path} have the same image id {path.stem!r} (the file name "
+                            "without its extension); keep one of them")
         seen[path.stem] = path
     return list(seen.items())
 

@@ -33,7 +33,7 @@ import numpy as np
 from mmcore.api import Example
 from mmcore.data.devicecache import DeviceTable, image_refs
 from mmcore.data.fileio import temp_path
-from mmcore.errors import MMCoreError
+from mmcore.errors import DataError, MMCoreError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -60,9 +60,9 @@ class FeatureStoreWriter:
         self.tmp = temp_path(self.path)
         self.num_images, self.max_boxes, self.feature_dim = int(num_images), int(max_boxes), int(feature_dim)
         if min(self.num_images, self.max_boxes, self.feature_dim) < 1:
-            raise MMCoreError(f"{self.path}: a feature store needs at least one image, box and feature dimension; "
-                              f"got {self.num_images} images, max_boxes={self.max_boxes}, "
-                              f"feature_dim={self.feature_dim}")
+            raise DataError(f"{self.path}: a feature store needs at least one image, box and feature dimension; "
+                            f"got {self.num_images} images, max_boxes={self.max_boxes}, "
+                            f"feature_dim={self.feature_dim}")
         self._count = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp.unlink(missing_ok=True)
@@ -81,14 +81,14 @@ class FeatureStoreWriter:
         """Append one image of ``n <= max_boxes`` regions (arrays of leading size n); the rest is padded."""
         n = len(features)
         if n > self.max_boxes:
-            raise MMCoreError(f"{self.path}: image {img_id!r} has {n} regions, more than max_boxes={self.max_boxes}")
+            raise DataError(f"{self.path}: image {img_id!r} has {n} regions, more than max_boxes={self.max_boxes}")
         per_region = {"features": features, "boxes": boxes, "obj_ids": obj_ids, "obj_conf": obj_conf,
                       "attr_ids": attr_ids, "attr_conf": attr_conf}
         padded: dict[str, np.ndarray] = {}
         for name, value in per_region.items():
             value = np.asarray(value)
             if len(value) != n:
-                raise MMCoreError(f"{self.path}: image {img_id!r}: {name} has {len(value)} rows, features has {n}")
+                raise DataError(f"{self.path}: image {img_id!r}: {name} has {len(value)} rows, features has {n}")
             out = np.zeros((self.max_boxes, *value.shape[1:]), dtype=value.dtype)
             out[:n] = value
             padded[name] = out[None]
@@ -100,7 +100,7 @@ class FeatureStoreWriter:
         k, o, f = len(image_ids), self.max_boxes, self.feature_dim
         start = self._count
         if start + k > self.num_images:
-            raise MMCoreError(f"{self.path}: writing more than the declared {self.num_images} images")
+            raise DataError(f"{self.path}: writing more than the declared {self.num_images} images")
         expected = {"features": (k, o, f), "boxes": (k, o, 4), "num_boxes": (k,), "obj_ids": (k, o),
                     "obj_conf": (k, o), "attr_ids": (k, o), "attr_conf": (k, o)}
         arrays = {"features": features, "boxes": boxes, "num_boxes": num_boxes, "obj_ids": obj_ids,
@@ -108,19 +108,19 @@ class FeatureStoreWriter:
         for name, shape in expected.items():
             got = np.shape(arrays[name])
             if got != shape:
-                raise MMCoreError(f"{self.path}: dataset {name!r} expects shape {shape} for this batch, got {got}")
+                raise DataError(f"{self.path}: dataset {name!r} expects shape {shape} for this batch, got {got}")
         for name in ("features", "boxes", "obj_conf", "attr_conf") if k else ():
             rows = np.flatnonzero(~np.isfinite(np.asarray(arrays[name], dtype=np.float32)).reshape(k, -1).all(1))
             if len(rows):
-                raise MMCoreError(f"{self.path}: {name} of image {image_ids[rows[0]]!r} hold NaN or inf; "
-                                  "nothing saved")
+                raise DataError(f"{self.path}: {name} of image {image_ids[rows[0]]!r} hold NaN or inf; "
+                                "nothing saved")
         boxes = np.asarray(boxes, dtype=np.float32)
         if k and (boxes.min() < -_BOX_TOLERANCE or boxes.max() > 1 + _BOX_TOLERANCE):
-            raise MMCoreError(f"{self.path}: boxes must be normalised to [0,1] (x1,y1,x2,y2 / (w,h,w,h)); "
-                              f"got values in [{boxes.min():.3f}, {boxes.max():.3f}]")
+            raise DataError(f"{self.path}: boxes must be normalised to [0,1] (x1,y1,x2,y2 / (w,h,w,h)); "
+                            f"got values in [{boxes.min():.3f}, {boxes.max():.3f}]")
         nb = np.asarray(num_boxes)
         if k and (nb.min() < 0 or nb.max() > o):
-            raise MMCoreError(f"{self.path}: num_boxes must lie in [0, {o}]")
+            raise DataError(f"{self.path}: num_boxes must lie in [0, {o}]")
         sl = slice(start, start + k)
         self._file["image_ids"][sl] = list(image_ids)
         self._file["features"][sl] = np.asarray(features, dtype=np.float16)
@@ -135,7 +135,7 @@ class FeatureStoreWriter:
         self._file.close()
         if self._count != self.num_images:
             self.tmp.unlink(missing_ok=True)
-            raise MMCoreError(f"{self.path}: {self._count} images written, {self.num_images} declared; nothing saved")
+            raise DataError(f"{self.path}: {self._count} images written, {self.num_images} declared; nothing saved")
         os.replace(self.tmp, self.path)
         return self.path
 
@@ -183,7 +183,7 @@ class FeatureStore:
         self.in_memory = in_memory = cache != "disk"
         self._table: DeviceTable | None = None
         if not self.path.is_file():
-            raise MMCoreError(f"feature store {self.path} does not exist")
+            raise DataError(f"feature store {self.path} does not exist")
         self._handle: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}  # of the open handle: looking one up costs as much as a read
         self._pid = -1
@@ -203,14 +203,14 @@ class FeatureStore:
                 self._check_finite(name, self._arrays[name], 0)
         self._index = {img_id: i for i, img_id in enumerate(self._ids)}
         if len(self._index) != len(self._ids):
-            raise MMCoreError(f"{self.path}: dataset 'image_ids' holds duplicate ids")
+            raise DataError(f"{self.path}: dataset 'image_ids' holds duplicate ids")
         if cache == "gpu":
             self._table = DeviceTable(self._arrays, self._num_boxes, str(self.path))
 
-    def _unreadable(self, exc: OSError) -> MMCoreError:
+    def _unreadable(self, exc: OSError) -> DataError:
         detail = str(exc).split("(")[-1].rstrip(")") if "(" in str(exc) else str(exc)
-        return MMCoreError(f"{self.path}: cannot read the feature store; not an HDF5 file, or it is truncated or "
-                           f"damaged ({detail})")
+        return DataError(f"{self.path}: cannot read the feature store; not an HDF5 file, or it is truncated or "
+                         f"damaged ({detail})")
 
     def _check_finite(self, name: str, rows: np.ndarray, offset: int) -> None:
         # A NaN feature turns every loss of its batch into NaN; name the image instead of the training step.
@@ -220,29 +220,29 @@ class FeatureStore:
             bad = np.flatnonzero(~np.isfinite(chunk.reshape(len(chunk), -1)).all(1))
             if len(bad):
                 row = offset + start + int(bad[0])
-                raise MMCoreError(f"{self.path}: dataset {name!r} holds NaN or inf for image {self._ids[row]!r} "
-                                  f"(row {row})")
+                raise DataError(f"{self.path}: dataset {name!r} holds NaN or inf for image {self._ids[row]!r} "
+                                f"(row {row})")
 
     def _check(self, f: h5py.File) -> tuple[int, int]:
         for key in ("feature_dim", "max_boxes", "format_version"):
             if key not in f.attrs:
-                raise MMCoreError(f"{self.path}: missing file attribute {key!r}; not an mmcore feature store")
+                raise DataError(f"{self.path}: missing file attribute {key!r}; not an mmcore feature store")
         if int(f.attrs["format_version"]) != FORMAT_VERSION:
-            raise MMCoreError(f"{self.path}: format_version {int(f.attrs['format_version'])} is not supported "
-                              f"(this mmcore reads version {FORMAT_VERSION})")
+            raise DataError(f"{self.path}: format_version {int(f.attrs['format_version'])} is not supported "
+                            f"(this mmcore reads version {FORMAT_VERSION})")
         dim, boxes = int(f.attrs["feature_dim"]), int(f.attrs["max_boxes"])
         missing = [name for name in ("image_ids", "num_boxes", "features", "boxes", *_PER_REGION) if name not in f]
         if missing:
-            raise MMCoreError(f"{self.path}: missing dataset(s) {', '.join(repr(m) for m in missing)}")
+            raise DataError(f"{self.path}: missing dataset(s) {', '.join(repr(m) for m in missing)}")
         n = f["image_ids"].shape[0] if f["image_ids"].ndim else 0
         if n == 0:
-            raise MMCoreError(f"{self.path}: the feature store holds no images")
+            raise DataError(f"{self.path}: the feature store holds no images")
         shapes = {"image_ids": (n,), "num_boxes": (n,), "features": (n, boxes, dim), "boxes": (n, boxes, 4),
                   **{name: (n, boxes) for name in _PER_REGION}}
         for name, shape in shapes.items():
             if f[name].shape != shape:
-                raise MMCoreError(f"{self.path}: dataset {name!r} has shape {f[name].shape}, expected {shape} "
-                                  f"(N={n}, max_boxes={boxes}, feature_dim={dim})")
+                raise DataError(f"{self.path}: dataset {name!r} has shape {f[name].shape}, expected {shape} "
+                                f"(N={n}, max_boxes={boxes}, feature_dim={dim})")
         return dim, boxes
 
     def _file(self) -> h5py.File:
@@ -280,7 +280,7 @@ class FeatureStore:
         try:
             return self._index[img_id]
         except KeyError:
-            raise MMCoreError(f"{self.path}: image {img_id!r} is not in the feature store") from None
+            raise DataError(f"{self.path}: image {img_id!r} is not in the feature store") from None
 
     def num_boxes(self, img_id: str) -> int:
         """Real regions of one image."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from mmcore.data.fileio import temp_path
 from mmcore.data.store import FORMAT_VERSION, FeatureStore
-from mmcore.errors import MMCoreError
+from mmcore.errors import DataError, MMCoreError
 
 TSV_FIELDS = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf", "num_boxes",
               "boxes", "features")
@@ -43,7 +43,7 @@ FEATURE_DTYPES = ("float16", "float32")
 Progress = Callable[[int, int], None]  # (bytes read so far over all inputs, images converted so far)
 
 
-class TSVFormatError(MMCoreError):
+class TSVFormatError(DataError):
     """A malformed TSV line; the message names the file and the line."""
 
 
@@ -297,7 +297,7 @@ def convert_tsv(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathL
             if store is not None:
                 store.flush()
         if store is None:
-            raise MMCoreError(f"no image found in {', '.join(map(str, paths))} (empty TSV files?)")
+            raise DataError(f"no image found in {', '.join(map(str, paths))} (empty TSV files?)")
         store.close()
         if verify:
             verify_store(tmp, list(seen), np.array(num_boxes), shown_as=out)

@@ -160,7 +160,8 @@ def _features(source: Path, work: Path, ids: list[str], annotations: Annotations
               reporter: Reporter) -> FeatureStore:
     final = work / FEATURES
     if options.normalise not in NORMALISATIONS:
-        raise MMCoreError(f"feature normalisation must be one of {', '.join(NORMALISATIONS)}, got {options.normalise!r}")
+        raise MMCoreError(f"feature normalisation must be one of {', '.join(NORMALISATIONS)}, "
+                          f"got {options.normalise!r}")
     if options.features is not None:
         given = FeatureStore(options.features, cache="disk")
         _unknown_images(annotations, given.ids(), str(options.features))

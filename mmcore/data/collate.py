@@ -4,6 +4,7 @@ the rest as lists."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from numbers import Number
 from typing import Any
 
@@ -49,15 +50,19 @@ class Collator:
                 self._tokens[text] = (ids, whole_word_positions(enc.word_ids(i), [1] * len(ids)))
                 self._offsets[text] = [(int(a), int(b)) for a, b in enc["offset_mapping"][i]]
         rows = [self._tokens[t] for t in texts]
-        width = max(len(ids) for ids, _ in rows)
-        out = torch.zeros((3, len(texts), width), dtype=torch.long)
-        out[0].fill_(self.pad_id)
-        for i, (ids, positions) in enumerate(rows):
-            cols = slice(width - len(ids), width) if self.pad_left else slice(0, len(ids))
-            out[0, i, cols] = torch.tensor(ids, dtype=torch.long)
-            out[1, i, cols] = 1
-            out[2, i, cols] = torch.tensor(positions, dtype=torch.long)
-        return {"input_ids": out[0], "attention_mask": out[1], "position_ids": out[2]}
+        lengths = np.array([len(ids) for ids, _ in rows])
+        width = int(lengths.max())
+        # One scatter for the whole batch instead of a tensor per row: the real tokens' cells in row-major order
+        # are the rows' tokens one after another.
+        columns = np.arange(width)[None, :]
+        real = columns >= width - lengths[:, None] if self.pad_left else columns < lengths[:, None]
+        out = np.zeros((3, len(texts), width), dtype=np.int64)
+        out[0].fill(self.pad_id)
+        out[0][real] = list(chain.from_iterable(ids for ids, _ in rows))
+        out[1][real] = 1
+        out[2][real] = list(chain.from_iterable(positions for _, positions in rows))
+        tensor = torch.from_numpy(out)
+        return {"input_ids": tensor[0], "attention_mask": tensor[1], "position_ids": tensor[2]}
 
     def __call__(self, examples: list[Example]) -> Batch:
         if not examples:

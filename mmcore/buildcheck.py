@@ -11,7 +11,8 @@ line and key.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from mmcore.api import DataInfo
+from mmcore.blame import blame, call
 from mmcore.errors import MMCoreError, OptionError, RecipeError
 from mmcore.registry import Entry, Registry
 
@@ -68,3 +70,23 @@ def build_all(recipe: dict[str, Any], registry: Registry, info: DataInfo) -> Non
                 where = item.get("_where", f"{section}[{index}].options")
                 _build(entry, where, registry.label(entry.origin), info, backbone.hidden_size, tasks,
                        **item.get("options", {}))
+
+
+def build_with_data(recipe: dict[str, Any], registry: Registry, cache_dir: Path,
+                    progress: Callable[[str], None] | None = None) -> None:
+    """``mmcore validate --build``: prepare the recipe's first dataset (cached, as a run would) for its
+    :class:`~mmcore.api.DataInfo`, then :func:`build_all`."""
+    where = "mmcore validate --build"
+    for section in ("stages", "finetune", "zero_shot"):
+        for item in recipe[section]:
+            if item["data"]:
+                name = item["data"][0]["dataset"]
+                entry = registry.get("dataset", name)
+                options = recipe["datasets"].get(name, dict(entry.defaults))
+                with blame(registry, entry, "prepare", where):
+                    dataset = entry.factory(options, cache_dir)
+                    dataset.prepare(progress)
+                    info = dataset.info()
+                build_all(recipe, registry, info)
+                return
+    raise MMCoreError("the recipe uses no data, so nothing sizes its backbone, tasks and heads")

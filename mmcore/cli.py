@@ -245,15 +245,21 @@ def _remove_unstarted(path: Path) -> None:
 @main.command()
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @set_option
-def validate(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> None:
-    """Check recipes (keys, plugin names, required fields, numbers, files) without training.
+@click.option("--build", is_flag=True, help="Also prepare the data (cached, as a run would) and build the backbone, "
+                                            "every task and every head on the meta device, as mmcore run does first.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Data cache (default $MMCORE_CACHE).")
+def validate(recipes: tuple[str, ...], overrides: tuple[str, ...], build: bool = False,
+             cache_dir: Path | None = None) -> None:
+    """Check recipes (keys, plugin names, required fields, numbers, files, options plugins reject) without training.
 
     Every RECIPE is checked (e.g. mmcore validate recipes/ablations/*.yaml); the exit code is 2 if any fails.
     """
     failed = 0
     for recipe in recipes:
         try:
-            _, _, resolved = prepare_recipe(recipe, overrides)
+            _, plugins, resolved = prepare_recipe(recipe, overrides)
+            if build:
+                _build(plugins, resolved, cache_dir)
         except MMCoreError as exc:
             if len(recipes) == 1:
                 raise
@@ -270,6 +276,14 @@ def validate(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> None:
             console.print(f"  [dim]fine-tuning: {escape(tuned)}[/dim]")
     if failed:
         raise MMCoreError(f"{failed} of {len(recipes)} recipes are invalid (each problem is listed above)")
+
+
+def _build(plugins: Plugins, resolved: dict[str, Any], cache_dir: Path | None) -> None:
+    from mmcore.buildcheck import build_with_data
+    from mmcore.engine import default_cache_dir
+
+    build_with_data(resolved, plugins.registry, cache_dir or default_cache_dir(),
+                    lambda message: err_console.print(message, highlight=False))
 
 
 @main.command(name="recipes")

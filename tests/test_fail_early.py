@@ -69,9 +69,14 @@ def test_run_builds_every_task_before_the_first_stage_trains(tmp_path, cache_dir
     (tmp_path / "picky.py").write_text(PICKY)
     recipe = tmp_path / "early.yaml"
     recipe.write_text("plugins: [picky.py]\n" + RECIPE.replace("LATE: {}", "picky: {temperature: -1.0}"))
-    invoke(["validate", str(recipe)])  # no check_options: validate cannot know
+    invoke(["validate", str(recipe)])  # no check_options: validate cannot know without the data
+    out = flat(invoke(["validate", str(recipe), "--build", "--cache-dir", str(cache_dir)], code=2))
+    assert "early.yaml:12: stages[1].tasks.picky: task 'picky' (plugin 'picky')" in out
+    assert "ValueError: temperature must be > 0, got -1.0" in out and "Traceback" not in out
     out = flat(invoke(["run", str(recipe), "--output-dir", str(tmp_path / "runs"), "--cache-dir", str(cache_dir),
                        "--quiet"], code=2))
     assert "early.yaml:12: stages[1].tasks.picky: task 'picky' (plugin 'picky')" in out
     assert "ValueError: temperature must be > 0, got -1.0" in out and "Traceback" not in out
     assert not (tmp_path / "runs" / "early").exists()  # the first stage did not train: the fresh run dir is gone
+    invoke(["validate", str(recipe), "--build", "--cache-dir", str(cache_dir), "--set",
+            "stages.sentence.tasks.picky.temperature=0.1"])

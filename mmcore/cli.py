@@ -120,7 +120,8 @@ def prepare_recipe(path: str | Path, overrides: tuple[str, ...] = (),
 
 
 set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                          help="Override a recipe value, e.g. --set stages.token.epochs=2 (repeatable).")
+                          help="Override a recipe value, e.g. --set stages.token.epochs=2 (repeatable); a mapping "
+                               "value merges key by key (--set backbone={hidden_size: 64}), KEY:=VALUE replaces.")
 
 
 @main.command()

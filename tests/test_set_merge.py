@@ -64,3 +64,11 @@ def test_scalar_and_list_values_still_replace(recipe_file):
     assert recipe.data["stages"] == []
     recipe = load_recipe(recipe_file, ("stages.sentence.tasks.mlm=0",))
     assert recipe.data["stages"][0]["tasks"]["mlm"] == 0
+
+
+def test_show_merges_a_backbone_mapping_into_a_shipped_recipe():
+    from tests.helpers import invoke
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "msp_tps.yaml"
+    out = invoke(["show", str(recipe), "--set", "backbone={hidden_size: 64}"])
+    assert "name: lxmert_s" in out and "hidden_size: 64" in out

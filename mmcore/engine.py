@@ -140,8 +140,10 @@ class Engine:
 
     def _execute(self) -> dict[str, Any]:
         start = time.perf_counter()
-        self.info = self.primary_dataset().info()
-        self.tokenizer = self.primary_dataset().tokenizer()
+        primary = self.primary_dataset()
+        entry = self.registry.get("dataset", primary.name)
+        self.info = call(self.registry, entry, "info", primary.info)
+        self.tokenizer = call(self.registry, entry, "tokenizer", primary.tokenizer)
         self._check_init_checkpoints()
         build_all(self.recipe, self.registry, self.info)  # an option a plugin rejects fails before any training
         if self.dist.enabled:  # every process prepares now: rank 0 alone evaluates, and must not wait for the others

@@ -35,6 +35,7 @@ from mmcore.data.store import FeatureStore, FeatureStoreWriter
 from mmcore.data.tokenizer import build_wordpiece
 from mmcore.data.userdata import IMAGES_DIR, Annotations, Record, list_image_files, read_source
 from mmcore.errors import MMCoreError
+from mmcore.hubcache import local_path, not_found_hint
 from mmcore.progress import Reporter
 
 MANIFEST = "dataset.json"
@@ -300,10 +301,12 @@ def _tokenizer(work: Path, annotations: Annotations, options: PrepareOptions) ->
     if options.tokenizer is not None:
         target = work / "tokenizer"
         if not target.is_dir():
-            if not options.tokenizer.is_dir():
-                raise MMCoreError(f"--tokenizer {options.tokenizer}: not a tokenizer directory")
+            source = local_path(options.tokenizer)  # or a Hub id's snapshot in the local Hugging Face cache
+            if not source.is_dir():
+                raise MMCoreError(f"--tokenizer {options.tokenizer}: not a tokenizer directory"
+                                  f"{not_found_hint(options.tokenizer)}")
             with atomic_path(target) as tmp:
-                shutil.copytree(options.tokenizer, tmp)
+                shutil.copytree(source, tmp)
         return "tokenizer"
     texts = [t for k in annotations.kinds() for r in annotations.of(k, "train")
              for t in r.data.get("texts", [r.text])]

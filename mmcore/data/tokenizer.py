@@ -10,6 +10,7 @@ from typing import Any
 
 from mmcore.data.fileio import write_lines
 from mmcore.errors import MMCoreError
+from mmcore.hubcache import local_path, not_found_hint
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_FILE = "vocab.txt"
@@ -70,9 +71,10 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
     """A fast tokenizer from a local directory, offline.
 
     A Hugging Face tokenizer directory (``tokenizer.json`` or ``tokenizer_config.json``) loads through
-    ``AutoTokenizer``; a bare ``vocab.txt`` loads as a lowercase ``BertTokenizerFast``.
+    ``AutoTokenizer``; a bare ``vocab.txt`` loads as a lowercase ``BertTokenizerFast``. A Hub id
+    (``bert-base-uncased``) names that model's snapshot in the local Hugging Face cache; nothing is downloaded.
     """
-    directory = Path(directory)
+    directory = local_path(directory)
     if (directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
@@ -84,7 +86,7 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
         # in the constructor and would silently build a 5-token vocabulary.
         return BertTokenizerFast.from_pretrained(str(directory), local_files_only=True, do_lower_case=True)
     raise MMCoreError(f"{directory}: no tokenizer found (expected tokenizer.json, tokenizer_config.json or "
-                      f"{VOCAB_FILE})")
+                      f"{VOCAB_FILE}){not_found_hint(directory) if not directory.exists() else ''}")
 
 
 def word_token_ids(tokenizer: Any, words: Sequence[str]) -> tuple[tuple[int, ...], ...]:

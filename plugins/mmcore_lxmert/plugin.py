@@ -10,6 +10,7 @@ from typing import Any
 import mmcore
 from mmcore.api import DataInfo
 from mmcore.errors import MMCoreError, did_you_mean
+from mmcore.hubcache import local_path, not_found_hint
 from mmcore.registry import Registry
 from mmcore_lxmert.model import DATA_FIELDS, Lxmert, LxmertConfig
 from mmcore_lxmert.weights import export_pretrained, load_weights
@@ -34,9 +35,11 @@ def _build(name: str, defaults: dict[str, Any], config: dict[str, Any], info: Da
                               f"options: {', '.join(defaults)}")
     options = {**defaults, **config}
     weights = options.pop("weights")
-    path = None if weights is None else Path(str(weights)).expanduser()
+    # A Hub id (org/model) names its snapshot in the local Hugging Face cache; nothing is downloaded.
+    path = None if weights is None else local_path(str(weights))
     if path is not None and not path.exists():
-        raise MMCoreError(f"backbone {name}: weights not found: {weights} (looked for {path.resolve()})")
+        raise MMCoreError(f"backbone {name}: weights not found: {weights} (looked for {path.resolve()})"
+                          f"{not_found_hint(str(weights))}")
     model = Lxmert(LxmertConfig(vocab_size=info.vocab_size, visual_feat_dim=info.feature_dim, **options))
     if path is not None:
         report = load_weights(model, path)

@@ -17,6 +17,7 @@ from mmcore.cli_lazy import LazyGroup
 from mmcore.cli_seeds import run_seed_group, seeds_option
 from mmcore.errors import MMCoreError, PluginError
 from mmcore.plugins import load_plugins  # pluggy and the registry only: plugins load when it is called
+from mmcore.shipped import complete_recipe
 
 # Whatever imports torch or loads plugins is imported inside the command that needs it, so that
 # `mmcore --help`, `--version` and shell completion answer at once (see mmcore.cli_lazy).
@@ -125,7 +126,7 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
 
 
 @main.command()
-@click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False))
+@click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False), shell_complete=complete_recipe)
 @set_option
 @seeds_option
 @click.option("--resume", "resume", type=click.Path(file_okay=False, path_type=Path),
@@ -244,7 +245,8 @@ def _remove_unstarted(path: Path) -> None:
 
 
 @main.command()
-@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False),
+                shell_complete=complete_recipe)
 @set_option
 @click.option("--build", is_flag=True, help="Also prepare the data (cached, as a run would) and build the backbone, "
                                             "every task and every head on the meta device, as mmcore run does first.")
@@ -299,7 +301,7 @@ def recipes_command() -> None:
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path(dir_okay=False), shell_complete=complete_recipe)
 @set_option
 def show(recipe: str, overrides: tuple[str, ...]) -> None:
     """Print the resolved recipe (includes merged, overrides applied, plugin defaults filled).

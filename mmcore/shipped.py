@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from click.shell_completion import CompletionItem
+
 from mmcore.errors import did_you_mean
 
 SUFFIX = ".yaml"
@@ -67,3 +69,9 @@ def suggestion(name: str) -> str:
     """' (did you mean 'x'?)' against the shipped names, and where to see them all."""
     names = [r.name for r in shipped_recipes()]
     return f"{did_you_mean(name.removesuffix(SUFFIX), names)}; `mmcore recipes` lists the shipped recipes"
+
+
+def complete_recipe(ctx: object, param: object, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of a RECIPE argument: the shipped names that start with what was typed, then files."""
+    names = [CompletionItem(r.name, help=r.description) for r in shipped_recipes() if r.name.startswith(incomplete)]
+    return [*names, CompletionItem(incomplete, type="file")]

@@ -91,3 +91,6 @@ def test_help_version_and_completion_import_neither_torch_nor_plugins():
                         COMP_WORDS="mmcore ", COMP_CWORD="1", _MMCORE_COMPLETE="bash_complete")
     assert "HEAVY False" in completion.stderr, completion.stderr
     assert {"plain,run", "plain,export", "plain,data", "plain,recipes"} <= set(completion.stdout.split())
+    names = _fresh("from mmcore.cli import main\ntry:\n    main(prog_name='mmcore')\nexcept SystemExit:\n    pass\n",
+                   COMP_WORDS="mmcore run ablations/t_", COMP_CWORD="2", _MMCORE_COMPLETE="bash_complete")
+    assert {"plain,ablations/t_s", "plain,ablations/t_p_s", "file,ablations/t_"} <= set(names.stdout.split())

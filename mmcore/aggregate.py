@@ -12,7 +12,7 @@ from typing import Any
 
 from mmcore.rundir import atomic_write_text
 from mmcore.stats import Summary, summarize
-from mmcore.summary import INTERVAL_LEGEND, METRIC_LABELS, METRIC_ORDER, markdown_table
+from mmcore.summary import INTERVAL_LEGEND, METRIC_LABELS, METRIC_ORDER, PAPER_COLUMNS, markdown_table, summary_cell
 
 # Fields of an evaluation's entry copied into the aggregate (from the first seed that has the evaluation).
 KEPT_FIELDS = ("kind", "head", "split", "init")
@@ -86,6 +86,21 @@ def aggregate_rows(aggregate: dict[str, Any]) -> tuple[list[str], list[list[str]
     return header, rows
 
 
+def paper_summary_rows(label: str, aggregate: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and the one row of a seed group in the columns of the paper's Tables 2-3 that it has, each cell
+    ``mean ± std [95% CI]`` in % (evaluations from an earlier stage's weights, ``init``, are left out)."""
+    entries = [e for name, e in aggregate.items() if not name.startswith("_") and "init" not in e]
+    header, row = ["run", "n"], [label, str(len(aggregate.get("_runs") or aggregate.get("_seeds") or []))]
+    for column, kind, head, metric in PAPER_COLUMNS:
+        entry = next((e for e in entries if (e.get("kind"), e.get("head")) == (kind, head)), None)
+        if entry is None:
+            continue
+        stats = entry["metrics"].get(metric)
+        header.append(column)
+        row.append("–" if stats is None else summary_cell(summary_of(stats), n_row=int(row[1])))
+    return header, [row]
+
+
 def stage_loss_rows(aggregate: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of each stage's final training loss over seeds."""
     header = ["stage", "n", "final loss mean", "std", "95% CI"]
@@ -105,6 +120,8 @@ def write_group_summary(path: Path, recipe: dict[str, Any], aggregate: dict[str,
              "negatives, dropout); the datasets' own seeds are those of the recipe.", "", "## Seeds", ""]
     for seed, (run, complete) in sorted(seed_dirs.items()):
         lines.append(f"- seed {seed}: `{run.name}` ({'complete' if complete else 'incomplete'})")
-    lines += ["", "## Results (%)", "", f"{INTERVAL_LEGEND}.", "", markdown_table(*aggregate_rows(aggregate)), "",
+    lines += ["", "## As in the paper's Tables 2-3 (%)", "", f"{INTERVAL_LEGEND}.", "",
+              markdown_table(*paper_summary_rows(str(recipe["name"]), aggregate)), "",
+              "## Results (%)", "", markdown_table(*aggregate_rows(aggregate)), "",
               "## Pre-training", "", markdown_table(*stage_loss_rows(aggregate)), ""]
     atomic_write_text(path / "summary.md", "\n".join(lines))

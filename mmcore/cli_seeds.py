@@ -19,7 +19,8 @@ def parse_seeds(ctx: click.Context, param: click.Parameter, value: str | None) -
         return ()
     parts = [p.strip() for p in value.split(",") if p.strip()]
     if not parts or not all(p.isdigit() for p in parts):
-        raise click.BadParameter(f"expected distinct non-negative integers separated by commas, e.g. 0,1,2; got {value!r}")
+        raise click.BadParameter(f"expected distinct non-negative integers separated by commas, e.g. 0,1,2; "
+                                 f"got {value!r}")
     seeds = [int(p) for p in parts]
     if len(set(seeds)) != len(seeds):
         raise click.BadParameter(f"each seed runs into its own directory, so seeds must be distinct; got {value!r}")
@@ -59,5 +60,6 @@ def run_seed_group(plugins: Plugins, resolved: dict[str, Any], *, resume: Path |
                          [[str(o.seed), o.status, str(o.path)] for o in outcomes]))
     out.print(rich_table("pre-training over seeds", *stage_loss_rows(aggregate)))
     out.print(rich_table(f"results (%) over seeds — {group.path}", *aggregate_rows(aggregate)))
-    out.print(rich_table("as in the paper's Tables 2-3 (%), over seeds", *paper_summary_rows(resolved["name"], aggregate)))
+    out.print(rich_table("as in the paper's Tables 2-3 (%), over seeds",
+                         *paper_summary_rows(resolved["name"], aggregate)))
     out.print(f"{INTERVAL_LEGEND}.", highlight=False)

@@ -94,3 +94,21 @@ def test_help_version_and_completion_import_neither_torch_nor_plugins():
     names = _fresh("from mmcore.cli import main\ntry:\n    main(prog_name='mmcore')\nexcept SystemExit:\n    pass\n",
                    COMP_WORDS="mmcore run ablations/t_", COMP_CWORD="2", _MMCORE_COMPLETE="bash_complete")
     assert {"plain,ablations/t_s", "plain,ablations/t_p_s", "file,ablations/t_"} <= set(names.stdout.split())
+
+
+def test_a_command_a_plugin_adds_runs_by_name(tmp_path, monkeypatch):
+    plugin = tmp_path / "hello_command.py"
+    plugin.write_text(textwrap.dedent("""\
+        import click
+        import mmcore
+
+        @mmcore.hookimpl
+        def mmcore_register_commands(cli):
+            @cli.command(name="hello")
+            def hello():
+                '''Say hello.'''
+                click.echo("hello from a plugin")
+        """))
+    proc = subprocess.run([sys.executable, "-m", "mmcore", "hello"], capture_output=True, text=True, check=False,
+                          env={**os.environ, "MMCORE_PLUGINS": str(plugin)})
+    assert (proc.returncode, proc.stdout) == (0, "hello from a plugin\n"), proc.stderr

@@ -127,7 +127,8 @@ class Engine:
         for name, options in stage["tasks"].items():
             opts = {k: v for k, v in options.items() if k != "weight"}
             entry = self.registry.get("task", name)
-            tasks[name] = call(self.registry, entry, "__init__", entry.factory, self.info, backbone, **opts).to(self.device)
+            task = call(self.registry, entry, "__init__", entry.factory, self.info, backbone, **opts)
+            tasks[name] = task.to(self.device)
         return dict(sorted(tasks.items(), key=lambda kv: kv[1].order))
 
     # ----- the run ----------------------------------------------------------------------------------------
@@ -262,7 +263,7 @@ class Engine:
                     "tasks": {task_name: cpu_state(t) for task_name, t in tasks.items()}, "mmcore_format": 2}
 
         _, data = self.views(stage["data"])
-        prepare = [_as_list(task.prepare, lambda: blame(self.registry, entries[n], "prepare")) for n, task in tasks.items()]
+        prepare = [_as_list(task.prepare, self.registry, entries[n]) for n, task in tasks.items()]
         collate = PrepareCollate(prepare, Collator(self.tokenizer, stage["max_text_len"]), self.dist.seed(self.seed + index))
         sampler = EpochSampler(data, [d["weight"] for d in stage["data"]], self.seed + index)
         result = train_loop(
@@ -387,10 +388,10 @@ class Engine:
         return {"intervals": query_intervals(values)} if values else {}
 
 
-def _as_list(prepare: Any, guard: Callable[[], Any]):
-    """Adapt a task's one-example ``prepare`` to the list-returning form the collate function chains; ``guard()``
-    names the plugin if it raises."""
+def _as_list(prepare: Any, registry: Any, entry: Any) -> Callable[[Example, ExampleSource, Any], list[Example]]:
+    """Adapt a task's one-example ``prepare`` to the list-returning form the collate function chains; a failure
+    names the task's plugin (``entry``)."""
     def one(example: Example, source: ExampleSource, rng: Any) -> list[Example]:
-        with guard():
+        with blame(registry, entry, "prepare"):
             return [prepare(example, source, rng)]
     return one

@@ -148,3 +148,46 @@ def test_a_failing_extractor_is_named(tmp_path, monkeypatch):
     assert ("extractor 'stubborn' of plugin 'stubborn' raised ValueError: cannot read a 4-channel image in extract() "
             "during mmcore data extract.") in out
     assert "stubborn.py:11 in extract" in out and "MMCORE_DEBUG=1" in out and not (tmp_path / "f.h5").exists()
+
+
+TWO_TASKS = '''
+import mmcore
+from mmcore import Task
+
+
+class Early(Task):
+    """Its prepare fails; another task of the stage comes after it."""
+
+    name = "early"
+    order = 0
+
+    def prepare(self, example, source, rng):
+        raise IndexError("no such caption")
+
+    def loss(self, output, batch):
+        return output.pooled.mean()
+
+
+class Late(Early):
+    name = "late"
+    order = 40
+
+    def prepare(self, example, source, rng):
+        return dict(example)
+
+
+@mmcore.hookimpl
+def mmcore_register_tasks(registry):
+    registry.add_task(Early)
+    registry.add_task(Late)
+'''
+
+
+def test_a_failing_prepare_names_its_own_task(tmp_path, cache_dir):
+    (tmp_path / "two.py").write_text(TWO_TASKS)
+    recipe = tmp_path / "flaky.yaml"
+    recipe.write_text("plugins: [two.py]\n" + RECIPE.replace("tasks: {mlm: {}}", "tasks: {late: {}, early: {}}").replace(", flaky: {}", ""))
+    out = " ".join(invoke(["run", str(recipe), "--output-dir", str(tmp_path / "runs"), "--cache-dir", str(cache_dir),
+                           "--quiet"], code=1).split())
+    assert ("task 'early' of plugin 'two' raised IndexError: no such caption in prepare() during stage 'token', "
+            "step 1, epoch 0.") in out

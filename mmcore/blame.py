@@ -150,7 +150,8 @@ def blame_hook(registry: Registry, manager: Any, hook: str) -> Iterator[None]:
         name, plugin = found
         kind, short = ("logger", name.split(":", 1)[1]) if name.startswith("mmcore-logger:") else ("plugin", name)
         factory = plugin if inspect.ismodule(plugin) else type(plugin)
-        origin = next((e.origin for e in registry.entries(kind) if e.name == short), short) if kind == "logger" else name
+        origin = name if kind != "logger" else next((e.origin for e in registry.entries(kind) if e.name == short),
+                                                    short)
         entry = Entry(kind, short, factory, origin)
         raise PluginFailure(registry.label(origin), entry, hook, exc, position.describe()) from exc
 

@@ -39,7 +39,8 @@ def tiny_tokenizer() -> Any:
     vocab = {token: i for i, token in enumerate(SPECIALS)} | {f"w{i}": len(SPECIALS) + i for i in range(WORDS)}
     core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]")
 
@@ -106,8 +107,10 @@ class TinyBackbone(Backbone):
         self.regions = nn.Linear(info.feature_dim + 4, hidden_size)
         self.layer = nn.TransformerEncoderLayer(hidden_size, 2, 2 * hidden_size, dropout=0.0, batch_first=True)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, visual_feats: Tensor, visual_pos: Tensor,  # type: ignore[override]
-                visual_mask: Tensor | None = None, position_ids: Tensor | None = None) -> BackboneOutput:
+    def forward(  # type: ignore[override]
+        self, input_ids: Tensor, attention_mask: Tensor, visual_feats: Tensor, visual_pos: Tensor,
+        visual_mask: Tensor | None = None, position_ids: Tensor | None = None,
+    ) -> BackboneOutput:
         regions = self.regions(torch.cat([visual_feats, visual_pos], dim=-1))
         if visual_mask is None:
             visual_mask = torch.ones(regions.shape[:2], dtype=torch.long, device=regions.device)

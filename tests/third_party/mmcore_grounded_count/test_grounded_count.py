@@ -10,5 +10,6 @@ def test_grounded_count_keeps_the_task_contract():
 
 
 def test_a_tiny_recipe_trains_it(tmp_path):
-    results = tiny_run(Path(__file__).with_name("tiny.yaml"), plugins=["mmcore_grounded_count.plugin"], directory=tmp_path)
+    recipe = Path(__file__).with_name("tiny.yaml")
+    results = tiny_run(recipe, plugins=["mmcore_grounded_count.plugin"], directory=tmp_path)
     assert results["_stages"]["grounded"]["steps"] == 2 and "final_grounded_count" in results["_stages"]["grounded"]

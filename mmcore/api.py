@@ -40,12 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mmcore.display import Metric
 from mmcore.errors import OptionError
 
 __all__ = [
     "PAIR_FIELDS", "TEXT_FIELDS", "IMAGE_FIELDS", "SECOND_IMAGE_SUFFIX", "SECOND_IMAGE_FIELDS", "Batch", "Example",
     "DataInfo", "BackboneOutput", "Backbone", "BackboneFactory", "ExampleSource", "Task", "EvalContext", "Head",
-    "Dataset", "OptionError", "init_bert_", "as_float_array",
+    "Dataset", "Metric", "OptionError", "init_bert_", "as_float_array",
 ]
 
 Batch = dict[str, Any]
@@ -192,12 +193,19 @@ class Task(nn.Module):
     changing their shapes or removing any, and adds its own with its prefix. After ITM/ITM_HS re-pairing
     ``itm_label`` is 0 for a mismatched pair (ITM_HS also replaces ``img_id`` with the swapped-in image's), and one
     image appears several times per batch. See docs/plugins.md, "Tasks and how they compose in a stage".
+
+    Tables name the task ``display_name`` (default: ``name`` in capitals) and list a curriculum's tasks by
+    ``display_order``, then name.
     """
 
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = PAIR_FIELDS
     defaults: ClassVar[dict[str, Any]] = {}
+    # Option -> type (an annotation: int | None, list[str], Literal[...]) where the default does not say it.
+    option_types: ClassVar[dict[str, Any]] = {}
     order: ClassVar[int] = 50
+    display_name: ClassVar[str] = ""
+    display_order: ClassVar[int] = 100
 
     def __init__(self, info: DataInfo, backbone: Backbone, **options: Any) -> None:
         super().__init__()
@@ -253,13 +261,22 @@ class Head(nn.Module):
     ``pretrained`` maps pre-training task names to the trained task modules (so ``retrieval`` can start from the
     ITM classifier for zero-shot). ``zero_shot_ready`` says whether evaluation without fine-tuning makes sense.
     ``evaluate`` runs in eval mode under ``torch.no_grad()`` and returns fractions (tables print %), including
-    :meth:`primary_metric`; the keys the tables know are listed in docs/plugins.md, "Heads and evaluation".
+    :meth:`primary_metric`.
+
+    ``metrics`` declares, as :class:`Metric`, what the tables show of ``evaluate``'s keys: their labels and order,
+    which form the one-row results table and ``mmcore report``'s columns, and which is primary; keys it does not
+    declare are shown after them by key. Heads' columns are ordered by ``display_order``, then name. See
+    docs/plugins.md, "Heads and evaluation".
     """
 
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = PAIR_FIELDS
     defaults: ClassVar[dict[str, Any]] = {}
+    # Option -> type (an annotation: int | None, list[str], Literal[...]) where the default does not say it.
+    option_types: ClassVar[dict[str, Any]] = {}
     epochs: ClassVar[int] = 1  # fine-tuning epochs when a recipe entry gives none
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    display_order: ClassVar[int] = 100
 
     def __init__(self, info: DataInfo, hidden_size: int, pretrained: dict[str, Task], **options: Any) -> None:
         super().__init__()
@@ -285,8 +302,9 @@ class Head(nn.Module):
         raise NotImplementedError
 
     def primary_metric(self) -> str:
-        """The metric that picks the best checkpoint (higher is better)."""
-        return "accuracy"
+        """The metric that picks the best checkpoint (higher is better): the one ``metrics`` marks primary, else
+        ``accuracy``."""
+        return next((metric.key for metric in self.metrics if metric.primary), "accuracy")
 
     def write_predictions(self, directory: Path) -> Path | None:
         """Write the predictions of the last :meth:`evaluate` into ``directory`` in the task's submission format
@@ -317,14 +335,18 @@ class Head(nn.Module):
 
 
 class Dataset:
-    """A source of views. Subclasses set ``name``, ``defaults`` and ``views`` (view name -> provided fields).
+    """A source of views. Subclasses set ``name``, ``defaults`` and ``views`` (view name -> provided fields), and
+    may set ``view_labels`` (view name -> a short label, e.g. ``T``, that tables write for a stage's data).
 
     See docs/plugins.md, "Datasets, views and the feature store", for a complete one over a feature store.
     """
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    # Option -> type (an annotation: int | None, list[str], Literal[...]) where the default does not say it.
+    option_types: ClassVar[dict[str, Any]] = {}
     views: ClassVar[dict[str, frozenset[str]]] = {}
+    view_labels: ClassVar[dict[str, str]] = {}
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
 
     def __init__(self, options: dict[str, Any], cache_dir: Path) -> None:

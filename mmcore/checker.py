@@ -10,6 +10,8 @@ from mmcore.distributed import env_world_size
 from mmcore.errors import MMCoreError, OptionError, RecipeError, UnknownNameError, did_you_mean
 from mmcore.recipe import KeyPath, Recipe, format_key
 from mmcore.registry import Registry
+from mmcore.schema.keys import Key
+from mmcore.schema.types import conforms, describe, option_type
 
 
 class RecipeInvalid(MMCoreError):
@@ -67,15 +69,24 @@ class Checker:
             return None
 
     def options(self, given: Any, defaults: dict[str, Any], key: KeyPath, what: str, extra: set[str] = frozenset(),
-                typed: bool = True) -> dict:
+                typed: bool = True, types: dict[str, Any] | None = None) -> dict:
+        """``given`` merged over ``defaults``; unknown names fail, and (``typed``) each value must have its option's
+        type: the declared one in ``types``, else its default's."""
         given = {} if given is None else given
         if not self.keys(given, set(defaults) | set(extra), key, what):
             return dict(defaults)
         if typed:
             for name, value in given.items():
                 if name in defaults:
-                    self.like(value, defaults[name], (*key, str(name)))
+                    self.like(value, defaults[name], (*key, str(name)), option_type(defaults, types or {}, name))
         return {**copy.deepcopy(defaults), **given}
+
+    def value(self, declared: Key, value: Any, key: KeyPath) -> None:
+        """A number against its recipe key's declared type and bounds (a null passes where the type allows it)."""
+        if value is None and conforms(None, declared.type):
+            return
+        self.number(value, key, integer=declared.integer, minimum=declared.minimum, exclusive=declared.exclusive,
+                    maximum=declared.maximum)
 
     def located(self, key: KeyPath) -> str:
         """``file:line: key`` of a key path, as a recipe error names it (for checks made after validation)."""
@@ -97,23 +108,7 @@ class Checker:
         except (MMCoreError, ValueError, TypeError) as exc:
             self.fail(key, f"{entry.kind} {entry.name!r} ({label}) rejects its options: {exc}")
 
-    def like(self, value: Any, default: Any, key: KeyPath) -> None:
-        """A plugin option must have its default's type (ints pass for floats; a string for a list)."""
-        if default is None:
-            return
-        if isinstance(default, bool):
-            ok, kind = isinstance(value, bool), "true or false"
-        elif isinstance(default, int):
-            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
-        elif isinstance(default, float):
-            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-        elif isinstance(default, str):
-            ok, kind = isinstance(value, str), "a string"
-        elif isinstance(default, (list, tuple)):
-            ok, kind = isinstance(value, (list, str)), "a list"
-        elif isinstance(default, dict):
-            ok, kind = isinstance(value, dict), "a mapping"
-        else:
-            return
-        if not ok:
-            self.fail(key, f"must be {kind} (default {default!r}), got {value!r}")
+    def like(self, value: Any, default: Any, key: KeyPath, annotation: Any) -> None:
+        """A plugin option must have its type (ints pass for floats)."""
+        if not conforms(value, annotation):
+            self.fail(key, f"must be {describe(annotation)} (default {default!r}), got {value!r}")

@@ -23,6 +23,7 @@ from mmcore.errors import MMCoreError, did_you_mean
 from mmcore.progress import Reporter
 from mmcore.recipe import parse_yaml
 from mmcore.rundir import RunDir, atomic_write_text
+from mmcore.schema.keys import MAX_TEXT_LEN
 from mmcore.summary import evaluation_rows, rich_table
 from mmcore.validate import DEVICE
 
@@ -65,7 +66,8 @@ def evaluate(target: Path, head_name: str, data_spec: str, recipe_path: Path | N
     Heads with a score_cache option (retrieval) keep their partial scores next to the checkpoint, so an
     interrupted evaluation resumes where it stopped when the same command is run again.
     """
-    from mmcore.cli import _stdout_console, err_console, prepare_recipe
+    from mmcore.console import err_console, stdout_console
+    from mmcore.recipeload import prepare_recipe
 
     dataset, view, split = parse_data(data_spec)
     _, plugins, resolved = prepare_recipe(recipe_of(target, recipe_path))
@@ -85,13 +87,13 @@ def evaluate(target: Path, head_name: str, data_spec: str, recipe_path: Path | N
     reporter.message(f"[bold]mmcore[/bold] evaluate {head_name} on {dataset}/{view}/{split} ← {found.checkpoint}")
     start = time.perf_counter()
     metrics = run_evaluation(plugins, resolved, found, head_name, options, (dataset, view, split),
-                             item.get("max_text_len", 20), reporter, cache_dir)
+                             item.get("max_text_len", MAX_TEXT_LEN), reporter, cache_dir)
     label = f"{found.name or head_name}" + (" (zero-shot)" if found.kind == "zero_shot" else "")
     result = {"checkpoint": str(found.checkpoint), "kind": found.kind, "head": head_name,
               "data": {"dataset": dataset, "view": view, "split": split}, "options": options,
               "seconds": round(time.perf_counter() - start, 1), "metrics": metrics}
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    _stdout_console().print(rich_table(f"{label} — {dataset}/{view}/{split} (%)",
+    stdout_console().print(rich_table(f"{label} — {dataset}/{view}/{split} (%)",
                                        *evaluation_rows({label: {"kind": found.kind, "split": split,
                                                                  "metrics": metrics}})))
     err_console.print(f"wrote {out}", highlight=False, soft_wrap=True)

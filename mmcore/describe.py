@@ -1,7 +1,8 @@
 """What a registered plugin accepts: each option with its type and default, for ``mmcore list-*``, ``mmcore
 describe`` and the generated tables of ``docs/plugins.md``.
 
-An option's type is its default's (the type the recipe checker enforces); a ``None`` default accepts any value.
+An option's type is the one its plugin declares (``option_types``), else its default's: the type the recipe
+checker enforces (see :mod:`mmcore.schema.types`).
 ``python -m mmcore.describe docs/plugins.md`` rewrites the page's generated section from the installed
 built-in plugins.
 """
@@ -19,21 +20,10 @@ from rich.panel import Panel
 from rich.table import Table
 
 from mmcore.registry import KINDS, Entry, Registry
+from mmcore.schema.types import label, option_type
 
 BEGIN = "<!-- BEGIN GENERATED OPTIONS (python -m mmcore.describe docs/plugins.md) -->"
 END = "<!-- END GENERATED OPTIONS -->"
-
-
-def type_name(default: Any) -> str:
-    """The option type a default implies, as the recipe checker reads it."""
-    if default is None:
-        return "any"
-    if isinstance(default, bool):
-        return "bool"
-    for kind, name in ((int, "int"), (float, "float"), (str, "str"), ((list, tuple), "list"), (dict, "mapping")):
-        if isinstance(default, kind):
-            return name
-    return type(default).__name__
 
 
 def show_default(default: Any) -> str:
@@ -49,7 +39,8 @@ def show_default(default: Any) -> str:
 
 def option_rows(entry: Entry) -> list[tuple[str, str, str]]:
     """(name, type, default) of every option of ``entry``, in declaration order."""
-    return [(name, type_name(value), show_default(value)) for name, value in entry.defaults.items()]
+    return [(name, label(option_type(entry.defaults, entry.types, name)), show_default(value))
+            for name, value in entry.defaults.items()]
 
 
 def options_cell(entry: Entry) -> str:
@@ -116,6 +107,7 @@ def markdown(registry: Registry, origins: set[str]) -> str:
             rows = option_rows(entry) or [("(none)", "", "")]
             for index, (option, kind_name, default) in enumerate(rows):
                 first = f"`{entry.name}`" if index == 0 else ""
+                kind_name = kind_name.replace("|", "\\|")  # a union's bar would end the table cell
                 out.append(f"| {first} | `{option}` | {kind_name} | `{default}` |".replace("`(none)`", "(none)"))
         out.append("")
     return "\n".join([*out, END])

@@ -31,6 +31,7 @@ from mmcore.data.collate import Collator
 from mmcore.distributed import micro_batch_size
 from mmcore.errors import MMCoreError
 from mmcore.rundir import fingerprint
+from mmcore.schema.keys import setting
 from mmcore.selectcheck import WARNING
 from mmcore.training import EpochSampler, LoopResult, PrepareCollate, train_loop
 
@@ -248,7 +249,7 @@ def _train(engine: Engine, item: dict[str, Any], backbone: Backbone, head: Head,
         modules=[backbone, head], data=data, sampler=sampler, collate=collate, batch_size=item["batch_size"],
         epochs=item["epochs"], max_steps=item["max_steps"], optim=item["optim"], device=engine.device,
         reporter=engine.reporter, log_every=engine.recipe["log_every"],
-        log=lambda s, e, m: engine.log(name, s, e, m), precision=engine.recipe.get("precision", "fp32"), **arguments,
+        log=lambda s, e, m: engine.log(name, s, e, m), precision=setting(engine.recipe, "precision"), **arguments,
     )
     if selection.split is not None and result.steps and result.state is not None:
         select(result.steps, int(result.state["epoch"]))  # the last epoch (or the step max_steps stopped at)

@@ -25,6 +25,7 @@ from mmcore.data.collate import Collator, to_device
 from mmcore.errors import MMCoreError
 from mmcore.finetuning import BEST, stage_state
 from mmcore.report import stage_label
+from mmcore.schema.keys import MAX_TEXT_LEN, setting
 from mmcore.training import autocast
 
 if TYPE_CHECKING:
@@ -187,7 +188,7 @@ def _answers(engine: Engine, item: dict[str, Any] | None, batch: Batch, k: int) 
     backbone, head, file = loaded
     if not _implements(head, "top_predictions"):
         raise MMCoreError(f"head {item['head']!r} does not predict answers (no top_predictions); --head picks another")
-    with torch.no_grad(), autocast(engine.device, engine.recipe.get("precision", "fp32")):
+    with torch.no_grad(), autocast(engine.device, setting(engine.recipe, "precision")):
         answers = head.top_predictions(backbone, batch, k)[0]
     return AnswerCell(f"{item['name']} ({file})", [(str(a), float(p)) for a, p in answers])
 
@@ -264,10 +265,10 @@ class _Matcher:
         """Scores [C] of every caption of the view against the image, on the CPU."""
         engine = self.engine
         image = self.view.image(str(self.image_id))
-        collate = Collator(engine.tokenizer, int(self.item.get("max_text_len", 20)))
+        collate = Collator(engine.tokenizer, int(self.item.get("max_text_len", MAX_TEXT_LEN)))
         size = int(engine.recipe["eval_batch_size"])
         out = []
-        with torch.no_grad(), autocast(engine.device, engine.recipe.get("precision", "fp32")):
+        with torch.no_grad(), autocast(engine.device, setting(engine.recipe, "precision")):
             for start in range(0, len(self.captions), size):
                 examples = [{"text": c, **image} for c in self.captions[start : start + size]]
                 out.append(head.pair_scores(backbone, to_device(collate(examples), engine.device)).float().cpu())

@@ -70,7 +70,8 @@ def resolve_loggers(checker: Checker, spec: Any) -> dict[str, dict[str, Any]]:
             continue
         entry = checker.entry("logger", name, key)
         if entry is not None:
-            out[entry.name] = checker.options(options, entry.defaults, key, f"logger {entry.name!r} options")
+            out[entry.name] = checker.options(options, entry.defaults, key, f"logger {entry.name!r} options",
+                                              types=entry.types)
             checker.plugin_options(entry, out[entry.name], key)
     return out
 

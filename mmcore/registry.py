@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmcore.errors import PluginError, UnknownNameError
+from mmcore.schema.types import conforms, describe
 
 KINDS = ("backbone", "task", "dataset", "head", "extractor", "logger")
 
@@ -23,6 +24,7 @@ class Entry:
     requires: frozenset[str] = frozenset()
     provides: dict[str, frozenset[str]] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    types: dict[str, Any] = field(default_factory=dict)  # declared option types (annotations); others: the default's
 
 
 class Registry:
@@ -49,6 +51,7 @@ class Registry:
         return self.labels.get(origin, f"plugin {origin!r}")
 
     def _add(self, entry: Entry) -> None:
+        _check_types(entry)
         existing = self._entries[entry.kind].get(entry.name)
         if existing is not None:
             raise PluginError(f"{entry.kind} {entry.name!r} is registered twice: by {self.label(existing.origin)} and "
@@ -56,40 +59,43 @@ class Registry:
         self._entries[entry.kind][entry.name] = entry
 
     def add_backbone(self, name: str, factory: Callable[..., Any], defaults: dict[str, Any] | None = None,
-                     description: str = "") -> None:
-        """Register ``factory(config, info) -> Backbone`` under ``name``; ``defaults`` lists its options."""
-        self._add(Entry("backbone", name, factory, self._origin, description or _doc(factory), defaults=dict(defaults or {})))
+                     description: str = "", types: dict[str, Any] | None = None) -> None:
+        """Register ``factory(config, info) -> Backbone`` under ``name``; ``defaults`` lists its options, ``types``
+        the type of those whose default does not say it (``{"weights": str | None}``)."""
+        self._add(Entry("backbone", name, factory, self._origin, description or _doc(factory),
+                        defaults=dict(defaults or {}), types=dict(types or {})))
 
     def add_task(self, cls: type) -> None:
         """Register a :class:`mmcore.Task` subclass under its ``name``."""
         self._add(Entry("task", _name_of(cls), cls, self._origin, _doc(cls), requires=frozenset(cls.requires),
-                        defaults=dict(cls.defaults)))
+                        defaults=dict(cls.defaults), types=_types(cls)))
 
     def add_head(self, cls: type) -> None:
         """Register a :class:`mmcore.Head` subclass under its ``name``."""
         self._add(Entry("head", _name_of(cls), cls, self._origin, _doc(cls), requires=frozenset(cls.requires),
-                        defaults=dict(cls.defaults)))
+                        defaults=dict(cls.defaults), types=_types(cls)))
 
     def add_dataset(self, cls: type) -> None:
         """Register a :class:`mmcore.Dataset` subclass under its ``name``; its ``views`` declare provided fields."""
         provides = {view: frozenset(fields) for view, fields in cls.views.items()}
         self._add(Entry("dataset", _name_of(cls), cls, self._origin, _doc(cls), provides=provides,
-                        defaults=dict(cls.defaults)))
+                        defaults=dict(cls.defaults), types=_types(cls)))
 
     def add_extractor(self, name: str, factory: Callable[..., Any], description: str = "",
-                      defaults: dict[str, Any] | None = None) -> None:
+                      defaults: dict[str, Any] | None = None, types: dict[str, Any] | None = None) -> None:
         """Register a feature extractor ``factory(options) -> extractor`` under ``name``; ``defaults`` lists its
-        options (see :mod:`mmcore.data.extract`)."""
+        options (see :mod:`mmcore.data.extract`), ``types`` the type of those whose default does not say it."""
         self._add(Entry("extractor", name, factory, self._origin, description or _doc(factory),
-                        defaults=dict(defaults or {})))
+                        defaults=dict(defaults or {}), types=dict(types or _types(factory))))
 
     def add_logger(self, name: str, factory: Callable[..., Any], description: str = "",
-                   defaults: dict[str, Any] | None = None) -> None:
+                   defaults: dict[str, Any] | None = None, types: dict[str, Any] | None = None) -> None:
         """Register a metrics logger ``factory(run_dir, **options)`` under ``name``; the object it returns has an
         ``@mmcore.hookimpl`` ``mmcore_log(run, step, metrics)`` (optionally ``close()``). ``defaults`` lists its
-        options (recipes may set only these, with the same types)."""
+        options (recipes may set only these, with the same types), ``types`` the type of those whose default does
+        not say it (``{"entity": str | None}``)."""
         self._add(Entry("logger", name, factory, self._origin, description or _doc(factory),
-                        defaults=dict(defaults or {})))
+                        defaults=dict(defaults or {}), types=dict(types or _types(factory))))
 
     def get(self, kind: str, name: str) -> Entry:
         """The entry, or an error listing every registered name of that kind."""
@@ -118,3 +124,23 @@ def _name_of(cls: type) -> str:
 def _doc(obj: Any) -> str:
     doc = (getattr(obj, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
+
+
+def _types(obj: Any) -> dict[str, Any]:
+    """A plugin class's declared option types (its ``option_types``), if any."""
+    return dict(getattr(obj, "option_types", None) or {})
+
+
+def _check_types(entry: Entry) -> None:
+    """Declared option types name declared options, are types the checker knows, and fit their defaults."""
+    for option, annotation in entry.types.items():
+        if option not in entry.defaults:
+            raise PluginError(f"{entry.kind} {entry.name!r} declares the type of option {option!r}, which is not "
+                              f"among its defaults ({', '.join(entry.defaults) or 'none'})")
+        try:
+            fits = conforms(entry.defaults[option], annotation)
+        except TypeError as exc:
+            raise PluginError(f"{entry.kind} {entry.name!r} option {option!r}: {exc}") from None
+        if not fits:
+            raise PluginError(f"{entry.kind} {entry.name!r} option {option!r}: its default "
+                              f"{entry.defaults[option]!r} is not {describe(annotation)}, its declared type")

@@ -17,85 +17,40 @@ from mmcore.errors import MMCoreError, did_you_mean
 from mmcore.loggers import resolve_loggers
 from mmcore.recipe import KeyPath, Recipe, format_key
 from mmcore.registry import Registry
-from mmcore.selectcheck import SAME_SPLIT, check_selection
+from mmcore.schema.keys import (
+    DATA, FINETUNE, FINETUNE_OPTIM, NONFINITE, OPTIM, PRECISIONS, SCHEDULE, SELECT, STAGE, TASK, TOP, ZERO_SHOT, Section,
+)
+from mmcore.selectcheck import check_selection
 
 __all__ = ["DEVICE", "Checker", "RecipeInvalid", "resolve", "strip_private"]
 
-TOP_KEYS = {
-    "name": "run name (default: the recipe file's stem)",
-    "description": "free text",
-    "seed": "random seed (int)",
-    "seeds": "run the whole curriculum once per training seed, e.g. [0, 1, 2] (replaces seed; see docs/seeds.md)",
-    "plugins": "local .py plugin files, relative to the recipe",
-    "device": "auto | cpu | cuda | cuda:N",
-    "output_dir": "parent directory of runs (default runs)",
-    "log_every": "log training metrics every N steps",
-    "checkpoint_every": "also checkpoint inside a stage or fine-tuning every N steps (0: only at its end)",
-    "num_workers": "data-loader worker processes reading examples (0: read in the training process)",
-    "threads": "intra-op CPU threads (default: the CPUs this process may use; --threads and OMP_NUM_THREADS override)",
-    "eval_batch_size": "batch size for evaluation",
-    "precision": "fp32 | bf16 (bf16 autocast for training and evaluation)",
-    "compile": "torch.compile the backbone (true | false)",
-    "loggers": "{logger name: options}, e.g. {tensorboard: {}} (metrics.jsonl is always written)",
-    "backbone": "{name: ..., options}",
-    "datasets": "{dataset name: options}",
-    "stages": "the pre-training curriculum, in order",
-    "zero_shot": "evaluations of the pre-trained model without fine-tuning",
-    "finetune": "downstream fine-tunings, each from the final pre-trained weights (or a stage's: init)",
-}
-PRECISIONS = ("fp32", "bf16")
-SCHEDULE_KEYS = {"epochs", "batch_size", "max_steps", "optim", "max_text_len", "grad_accum", "checkpoint_every",
-                 "num_workers"}
-STAGE_KEYS = {"name", "init", "data", "tasks", *SCHEDULE_KEYS}
-DATA_KEYS = {"dataset", "view", "split", "weight", "limit"}
-OPTIM_KEYS = {"lr", "weight_decay", "warmup", "clip", "betas", "eps", "nonfinite"}
-FINETUNE_KEYS = {"name", "head", "init", "options", "data", "eval_split", "select", *SCHEDULE_KEYS}
-# Model selection of a fine-tuning: evaluate on ``split`` after every epoch, keep the best by the head's metric.
-SELECT_DEFAULTS: dict[str, Any] = {"split": "val", "every_epoch": True}
-ZERO_SHOT_KEYS = {"name", "head", "init", "options", "data", "max_text_len"}
-
-DEFAULT_OPTIM = {"lr": 1.0e-4, "weight_decay": 0.01, "warmup": 0.05, "clip": 1.0, "betas": [0.9, 0.999], "eps": 1.0e-6,
-                 "nonfinite": "stop"}
-NONFINITE = ("stop", "skip")  # what a step with a non-finite loss does: stop the run, or skip its update
-DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEFAULT_OPTIM = OPTIM.defaults()  # a pre-training stage's optimiser defaults
+DEVICE = re.compile(str(TOP["device"].pattern))
 
 
 def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
     """The recipe with every default filled in, or :class:`RecipeInvalid` naming every problem."""
     c = Checker(recipe, registry)
     data = recipe.data
-    c.keys(data, TOP_KEYS, (), "the recipe")
+    c.keys(data, TOP.keys, (), "the recipe")
     # Names under the top-level `datasets`, known or not: an unknown one is reported once, not per data entry.
     c.declared = [str(n) for n in data["datasets"]] if isinstance(data.get("datasets"), dict) else []
-    out: dict[str, Any] = {
-        "name": str(data.get("name") or recipe.path.stem),
-        "seed": data.get("seed", 0),
-        "device": data.get("device", "auto"),
-        "output_dir": data.get("output_dir", "runs"),
-        "log_every": data.get("log_every", 20),
-        "checkpoint_every": data.get("checkpoint_every", 0),
-        "num_workers": data.get("num_workers", 0),
-        "eval_batch_size": data.get("eval_batch_size", 256),
-        "precision": data.get("precision", "fp32"),
-        "compile": data.get("compile", False),
-        "plugins": [str(p) for p in (data.get("plugins") or [])],
-    }
-    if "description" in data:
-        out["description"] = data["description"]
-    if "threads" in data:  # only when given, so that the resolved text of recipes without it is unchanged
-        out["threads"] = data["threads"]
-        c.number(out["threads"], ("threads",), integer=True, minimum=1)
-    c.number(out["seed"], ("seed",), integer=True, minimum=0)
-    if "seeds" in data:  # only when given, so that the resolved text of recipes without it is unchanged
+    scalars = {name: default for name, default in TOP.defaults().items() if TOP[name].section is None}
+    out: dict[str, Any] = {"name": str(data.get("name") or recipe.path.stem),
+                           **{name: data.get(name, default) for name, default in scalars.items()}}
+    out["plugins"] = [str(p) for p in (out["plugins"] or [])]
+    for name in ("description", "threads"):  # only when given, so that the resolved text of others is unchanged
+        if name in data:
+            out[name] = data[name]
+    if "seeds" in data:  # likewise
         out["seeds"] = _seeds(c, data["seeds"])
-    c.number(out["log_every"], ("log_every",), integer=True, minimum=1)
-    c.number(out["checkpoint_every"], ("checkpoint_every",), integer=True, minimum=0)
+    for name, declared in TOP.keys.items():
+        if declared.minimum is not None and name in out:
+            c.value(declared, out[name], (name,))
     every = out["checkpoint_every"]
     c.checkpoint_every = every if isinstance(every, int) and not isinstance(every, bool) and every >= 0 else 0
-    c.number(out["num_workers"], ("num_workers",), integer=True, minimum=0)
     workers = out["num_workers"]
     c.num_workers = workers if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0 else 0
-    c.number(out["eval_batch_size"], ("eval_batch_size",), integer=True, minimum=1)
     if out["precision"] not in PRECISIONS:
         c.fail(("precision",), f"precision must be one of {', '.join(PRECISIONS)}, got {out['precision']!r}")
     if not isinstance(out["compile"], bool):
@@ -113,8 +68,8 @@ def resolve(recipe: Recipe, registry: Registry) -> dict[str, Any]:
         stages = []
     out["stages"] = [_stage(c, s, i, out["datasets"]) for i, s in enumerate(stages)]
     _unique_names(c, out["stages"], "stage")
-    out["zero_shot"] = _downstream(c, data.get("zero_shot") or [], "zero_shot", ZERO_SHOT_KEYS, out["datasets"])
-    out["finetune"] = _downstream(c, data.get("finetune") or [], "finetune", FINETUNE_KEYS, out["datasets"])
+    out["zero_shot"] = _downstream(c, data.get("zero_shot") or [], ZERO_SHOT, out["datasets"])
+    out["finetune"] = _downstream(c, data.get("finetune") or [], FINETUNE, out["datasets"])
     _unique_names(c, out["zero_shot"] + out["finetune"], "downstream")
     _downstream_init(c, out["zero_shot"] + out["finetune"], [s["name"] for s in out["stages"]])
     if c.errors:
@@ -145,7 +100,7 @@ def _backbone(c: Checker, spec: Any) -> dict[str, Any]:
     if entry is None:
         return dict(spec)
     options = c.options({k: v for k, v in spec.items() if k != "name"}, entry.defaults, ("backbone",),
-                        f"backbone {entry.name!r} options")
+                        f"backbone {entry.name!r} options", types=entry.types)
     c.plugin_options(entry, options, ("backbone",))
     return {"name": entry.name, **options}
 
@@ -158,7 +113,8 @@ def _datasets(c: Checker, spec: Any) -> dict[str, dict[str, Any]]:
     for name, options in spec.items():
         entry = c.entry("dataset", name, ("datasets", str(name)))
         if entry is not None:
-            out[name] = c.options(options, entry.defaults, ("datasets", str(name)), f"dataset {name!r} options")
+            out[name] = c.options(options, entry.defaults, ("datasets", str(name)), f"dataset {name!r} options",
+                                  types=entry.types)
             c.plugin_options(entry, out[name], ("datasets", str(name)))
             cache = out[name].get("features_cache")
             if "features_cache" in entry.defaults and cache not in CACHE_MODES:
@@ -172,7 +128,7 @@ def _data(c: Checker, spec: Any, key: KeyPath, datasets: dict[str, dict], split:
     out = []
     for index, item in enumerate(items):
         ikey = (*key, str(index)) if isinstance(spec, list) else key
-        if item is None or not c.keys(item, DATA_KEYS, ikey, "data"):
+        if item is None or not c.keys(item, DATA.keys, ikey, "data"):
             if item is None:
                 c.fail(ikey, "data is required: {dataset: NAME, view: VIEW}")
             continue
@@ -187,11 +143,9 @@ def _data(c: Checker, spec: Any, key: KeyPath, datasets: dict[str, dict], split:
         if entry is not None and view not in entry.provides:
             c.fail((*ikey, "view"), f"dataset {name!r} has no view {view!r}{did_you_mean(str(view), entry.provides)}; "
                                     f"views: {', '.join(sorted(entry.provides))}")
-        weight = item.get("weight", 1.0)
-        c.number(weight, (*ikey, "weight"), minimum=0, exclusive=True)
-        limit = item.get("limit")
-        if limit is not None:
-            c.number(limit, (*ikey, "limit"), integer=True, minimum=1)
+        weight, limit = item.get("weight", DATA["weight"].default), item.get("limit", DATA["limit"].default)
+        c.value(DATA["weight"], weight, (*ikey, "weight"))
+        c.value(DATA["limit"], limit, (*ikey, "limit"))
         out.append({"dataset": name, "view": view, "split": item.get("split", split), "weight": weight,
                     "limit": limit, "_key": ikey})
     return out
@@ -210,14 +164,10 @@ def _provided(c: Checker, data: list[dict[str, Any]]) -> frozenset[str] | None:
     return fields
 
 
-def _optim(c: Checker, spec: Any, key: KeyPath, defaults: dict[str, Any]) -> dict[str, Any]:
-    optim = c.options(spec, defaults, key, "optim", typed=False)
-    c.number(optim["lr"], (*key, "lr"), minimum=0, exclusive=True)
-    c.number(optim["weight_decay"], (*key, "weight_decay"), minimum=0)
-    c.number(optim["warmup"], (*key, "warmup"), minimum=0, maximum=1)
-    c.number(optim["eps"], (*key, "eps"), minimum=0, exclusive=True)
-    if optim["clip"] is not None:
-        c.number(optim["clip"], (*key, "clip"), minimum=0, exclusive=True)
+def _optim(c: Checker, spec: Any, key: KeyPath, section: Section) -> dict[str, Any]:
+    optim = c.options(spec, section.defaults(), key, "optim", typed=False)
+    for name in ("lr", "weight_decay", "warmup", "eps", "clip"):
+        c.value(section[name], optim[name], (*key, name))
     betas = optim["betas"]
     if not isinstance(betas, list) or len(betas) != 2:
         c.fail((*key, "betas"), f"betas must be a list of two numbers, e.g. [0.9, 0.999], got {betas!r}")
@@ -231,38 +181,27 @@ def _optim(c: Checker, spec: Any, key: KeyPath, defaults: dict[str, Any]) -> dic
 
 
 def _schedule(c: Checker, spec: dict[str, Any], key: KeyPath, out: dict[str, Any]) -> None:
-    out["epochs"] = spec.get("epochs", 1)
-    out["batch_size"] = spec.get("batch_size", 32)
-    out["max_steps"] = spec.get("max_steps")
-    out["max_text_len"] = spec.get("max_text_len", 20)
-    out["grad_accum"] = spec.get("grad_accum", 1)
-    out["checkpoint_every"] = spec.get("checkpoint_every", c.checkpoint_every)
-    out["num_workers"] = spec.get("num_workers", c.num_workers)
-    c.number(out["epochs"], (*key, "epochs"), integer=True, minimum=0)
-    c.number(out["batch_size"], (*key, "batch_size"), integer=True, minimum=1)
-    c.number(out["grad_accum"], (*key, "grad_accum"), integer=True, minimum=1)
-    c.number(out["checkpoint_every"], (*key, "checkpoint_every"), integer=True, minimum=0)
-    c.number(out["num_workers"], (*key, "num_workers"), integer=True, minimum=0)
+    recipe_wide = {"checkpoint_every": c.checkpoint_every, "num_workers": c.num_workers}
+    for declared in SCHEDULE:
+        out[declared.name] = spec.get(declared.name, recipe_wide.get(declared.name, declared.default))
+        c.value(declared, out[declared.name], (*key, declared.name))
     sizes = (out["batch_size"], c.world_size, out["grad_accum"])
     if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes) and sizes[0] % (sizes[1] * sizes[2]):
         c.fail((*key, "batch_size"), batch_size_rule(*sizes))
-    c.number(out["max_text_len"], (*key, "max_text_len"), integer=True, minimum=3)
-    if out["max_steps"] is not None:
-        c.number(out["max_steps"], (*key, "max_steps"), integer=True, minimum=1)
 
 
 def _stage(c: Checker, spec: Any, index: int, datasets: dict[str, dict]) -> dict[str, Any]:
     key: KeyPath = ("stages", str(index))
-    if not c.keys(spec, STAGE_KEYS, key, "a stage"):
+    if not c.keys(spec, STAGE.keys, key, "a stage"):
         return {"name": f"stage{index}", "tasks": {}, "data": []}
     out: dict[str, Any] = {"name": str(spec.get("name") or f"stage{index}"), "_key": key}
-    out["init"] = _init(c, spec.get("init", "previous"), (*key, "init"))
+    out["init"] = _init(c, spec.get("init", STAGE["init"].default), (*key, "init"))
     if out["init"] not in ("previous", "none", None):
         file, line = c.recipe.where((*key, "init"))
         out["_init_where"] = f"{file}{f':{line}' if line else ''}: {format_key((*key, 'init'))}"
     out["data"] = _data(c, spec.get("data"), (*key, "data"), datasets, "train")
     _schedule(c, spec, key, out)
-    out["optim"] = _optim(c, spec.get("optim"), (*key, "optim"), DEFAULT_OPTIM)
+    out["optim"] = _optim(c, spec.get("optim"), (*key, "optim"), OPTIM)
     tasks = spec.get("tasks")
     out["tasks"] = {}
     if tasks is not None and not isinstance(tasks, dict):
@@ -278,8 +217,9 @@ def _stage(c: Checker, spec: Any, index: int, datasets: dict[str, dict]) -> dict
         entry = c.entry("task", name, tkey)
         if entry is None:
             continue
-        resolved = {"weight": 1.0, **c.options(options, entry.defaults, tkey, f"task {name!r} options", {"weight"})}
-        c.number(resolved["weight"], (*tkey, "weight"), minimum=0)
+        resolved = {**TASK.defaults(), **c.options(options, entry.defaults, tkey, f"task {name!r} options",
+                                                   set(TASK), types=entry.types)}
+        c.value(TASK["weight"], resolved["weight"], (*tkey, "weight"))
         c.plugin_options(entry, {k: v for k, v in resolved.items() if k != "weight"}, tkey)
         out.setdefault("_where", {})[name] = c.located(tkey)  # where the build at the run's start reports
         out["tasks"][name] = resolved
@@ -318,14 +258,15 @@ def _init(c: Checker, init: Any, key: KeyPath) -> Any:
     return str(path.resolve())
 
 
-def _downstream(c: Checker, items: Any, section: str, allowed: set[str], datasets: dict) -> list[dict[str, Any]]:
+def _downstream(c: Checker, items: Any, declared: Section, datasets: dict) -> list[dict[str, Any]]:
+    section = declared.name
     if not isinstance(items, list):
         c.fail((section,), f"{section} must be a list")
         return []
     out = []
     for index, spec in enumerate(items):
         key: KeyPath = (section, str(index))
-        if not c.keys(spec, allowed, key, f"a {section} entry"):
+        if not c.keys(spec, declared.keys, key, f"a {section} entry"):
             continue
         entry = c.entry("head", spec.get("head"), (*key, "head"))
         item: dict[str, Any] = {"name": str(spec.get("name") or f"{section}_{spec.get('head')}"), "head": spec.get("head"),
@@ -337,7 +278,8 @@ def _downstream(c: Checker, items: Any, section: str, allowed: set[str], dataset
         if len(item["data"]) > 1:
             c.fail((*key, "data"), f"a {section} entry takes a single data view")
         if entry is not None:
-            item["options"] = c.options(spec.get("options"), entry.defaults, (*key, "options"), f"head {entry.name!r} options")
+            item["options"] = c.options(spec.get("options"), entry.defaults, (*key, "options"),
+                                        f"head {entry.name!r} options", types=entry.types)
             c.plugin_options(entry, item["options"], (*key, "options"))
             item["_where"] = c.located((*key, "options"))
             provided = _provided(c, item["data"])
@@ -348,12 +290,14 @@ def _downstream(c: Checker, items: Any, section: str, allowed: set[str], dataset
             _schedule(c, spec, key, item)
             if "epochs" not in spec and entry is not None:  # the head's own default (the paper's, for built-ins)
                 item["epochs"] = int(getattr(entry.factory, "epochs", 1))
-            item["eval_split"] = spec.get("eval_split", "test")
-            item["select"] = c.options(spec.get("select"), SELECT_DEFAULTS, (*key, "select"), "select", {SAME_SPLIT})
+            item["eval_split"] = spec.get("eval_split", FINETUNE["eval_split"].default)
+            item["select"] = c.options(spec.get("select"), SELECT.defaults(), (*key, "select"), "select", set(SELECT),
+                                       types={name: k.type for name, k in SELECT.keys.items()})
             check_selection(c, item, datasets)
-            item["optim"] = _optim(c, spec.get("optim"), (*key, "optim"), {**DEFAULT_OPTIM, "lr": 5.0e-5, "warmup": 0.1, "clip": 5.0})
+            item["optim"] = _optim(c, spec.get("optim"), (*key, "optim"), FINETUNE_OPTIM)
         else:
-            item["max_text_len"] = spec.get("max_text_len", 20)
+            item["max_text_len"] = spec.get("max_text_len", ZERO_SHOT["max_text_len"].default)
+            c.value(ZERO_SHOT["max_text_len"], item["max_text_len"], (*key, "max_text_len"))
         out.append(item)
     return out
 

@@ -11,7 +11,7 @@ def test_list_tasks_shows_each_option_with_type_and_default(third_party):
     out = invoke(["list-tasks"], width=400)
     row = next(line for line in out.splitlines() if "itm_hs" in line)
     assert "replace_prob: float = 0.5" in row
-    assert "top_m: int = 100" in out and "balance_negatives: bool = false" in out and "max_predictions: any = null" in out
+    assert "top_m: int = 100" in out and "balance_negatives: bool = false" in out and "max_predictions: int | null = null" in out
     assert "scale: float = 1.0" in next(line for line in out.splitlines() if "grounded_count" in line)
 
 
@@ -36,4 +36,4 @@ def test_option_types_follow_the_checker(third_party):
     registry = load_plugins().registry
     assert option_rows(registry.get("task", "grounded_count")) == [("scale", "float", "1.0")]
     rows = option_rows(registry.get("task", "mlm"))
-    assert ("mask_prob", "float", "0.15") in rows and ("max_predictions", "any", "null") in rows
+    assert ("mask_prob", "float", "0.15") in rows and ("max_predictions", "int | null", "null") in rows

@@ -13,6 +13,7 @@ import torch
 
 from mmcore.api import FOCUS_SPANS, FOCUS_TOKENS, Batch, Example
 from mmcore.data.devicecache import DeviceGather, RowRef, stack_refs
+from mmcore.schema.keys import MAX_TEXT_LEN
 
 
 def whole_word_positions(word_ids: Sequence[int | None], attention: Sequence[int]) -> list[int]:
@@ -31,7 +32,7 @@ class Collator:
     worker processes read the examples).
     """
 
-    def __init__(self, tokenizer: Any, max_text_len: int = 20) -> None:
+    def __init__(self, tokenizer: Any, max_text_len: int = MAX_TEXT_LEN) -> None:
         self.tokenizer = tokenizer
         self.max_text_len = max_text_len
         self._tokens: dict[str, tuple[list[int], list[int]]] = {}  # text -> (ids, positions), unpadded

@@ -67,6 +67,9 @@ class RetrievalHead(Head):
         "progress_every": 16,  # batches between progress updates (each waits for the device)
         "bf16": False,  # score under bfloat16 autocast (for CUDA; CPU autocast is rarely faster)
     }
+    # A single name or k stands for a list of one.
+    option_types: ClassVar[dict[str, Any]] = {"init_from": list[str] | str, "negatives": list[str] | str,
+                                              "ks": list[int] | int}
 
     def __init__(self, info: DataInfo, hidden_size: int, pretrained: dict[str, Task], **options: Any) -> None:
         super().__init__(info, hidden_size, pretrained, **options)

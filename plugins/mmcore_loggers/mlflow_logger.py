@@ -24,6 +24,7 @@ class MlflowLogger:
 
     name = "mlflow"
     defaults: ClassVar[dict[str, Any]] = {"tracking_uri": "mlruns", "experiment": None, "run_name": None}
+    option_types: ClassVar[dict[str, Any]] = {"experiment": str | None, "run_name": str | None}
 
     def __init__(self, run_dir: Path, tracking_uri: str = "mlruns", experiment: str | None = None,
                  run_name: str | None = None) -> None:

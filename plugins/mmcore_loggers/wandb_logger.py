@@ -21,6 +21,7 @@ class WandbLogger:
     name = "wandb"
     defaults: ClassVar[dict[str, Any]] = {"project": "mmcore", "mode": "offline", "dir": ".", "entity": None,
                                           "run_name": None}
+    option_types: ClassVar[dict[str, Any]] = {"entity": str | None, "run_name": str | None}
 
     def __init__(self, run_dir: Path, project: str = "mmcore", mode: str = "offline", dir: str = ".",  # noqa: A002
                  entity: str | None = None, run_name: str | None = None) -> None:

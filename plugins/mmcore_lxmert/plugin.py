@@ -23,6 +23,8 @@ LXMERT_DEFAULTS: dict[str, Any] = {
     "visual_cls": False, "product_pooler": False, "whole_word_positions": False,
 }
 
+LXMERT_TYPES: dict[str, Any] = {"weights": str | None}
+
 _reported: set[tuple[str, str]] = set()
 
 
@@ -67,8 +69,8 @@ build_lxmert = _factory("lxmert", LXMERT_DEFAULTS,
 @mmcore.hookimpl
 def mmcore_register_backbones(registry: Registry) -> None:
     """Add ``lxmert`` and ``lxmert_s``."""
-    registry.add_backbone("lxmert", build_lxmert, defaults=LXMERT_DEFAULTS)
-    registry.add_backbone("lxmert_s", build_lxmert_s, defaults=LXMERT_S_DEFAULTS)
+    registry.add_backbone("lxmert", build_lxmert, defaults=LXMERT_DEFAULTS, types=LXMERT_TYPES)
+    registry.add_backbone("lxmert_s", build_lxmert_s, defaults=LXMERT_S_DEFAULTS, types=LXMERT_TYPES)
 
 
 @mmcore.hookimpl

@@ -118,6 +118,8 @@ class LxmertData(Dataset):
         "features_cache": "disk",  # disk | ram | gpu; real stores are tens of GB: read images from disk
         "in_memory": False,  # superseded by features_cache (true still means ram when features_cache is disk)
     }
+    # A single file name stands for a list of one.
+    option_types: ClassVar[dict[str, Any]] = {key: list[str] | str for key in (*_FILE_LISTS, *_STORE_LISTS)}
     views: ClassVar[dict[str, frozenset[str]]] = {
         "token": PAIR_FIELDS,
         "phrase": PAIR_FIELDS,

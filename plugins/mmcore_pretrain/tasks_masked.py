@@ -40,6 +40,7 @@ class MLMTask(Task):
     name: ClassVar[str] = "mlm"
     requires: ClassVar[frozenset[str]] = FORWARD_FIELDS
     defaults: ClassVar[dict[str, Any]] = {"mask_prob": 0.15, "max_predictions": None, "mask_words": "focus"}
+    option_types: ClassVar[dict[str, Any]] = {"max_predictions": int | None}
     order: ClassVar[int] = 30
 
     def __init__(self, info: DataInfo, backbone: Backbone, **options: Any) -> None:
@@ -100,6 +101,7 @@ class MRFRTask(Task):
     name: ClassVar[str] = "mrfr"
     requires: ClassVar[frozenset[str]] = FORWARD_FIELDS
     defaults: ClassVar[dict[str, Any]] = {"mask_prob": 0.15, "max_predictions": None}
+    option_types: ClassVar[dict[str, Any]] = {"max_predictions": int | None}
     order: ClassVar[int] = 30
 
     def __init__(self, info: DataInfo, backbone: Backbone, **options: Any) -> None:
@@ -136,6 +138,7 @@ class MOCTask(Task):
     name: ClassVar[str] = "moc"
     requires: ClassVar[frozenset[str]] = FORWARD_FIELDS | {"obj_labels", "obj_conf", "attr_labels", "attr_conf"}
     defaults: ClassVar[dict[str, Any]] = {"mask_prob": 0.15, "masked_only": True, "max_predictions": None}
+    option_types: ClassVar[dict[str, Any]] = {"max_predictions": int | None}
     order: ClassVar[int] = 30
 
     def __init__(self, info: DataInfo, backbone: Backbone, **options: Any) -> None:

@@ -20,6 +20,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("mmcore.cli_inspect:inspect", "Show one example's top answers and top caption after each stage."),
     "evaluate": ("mmcore.cli_evaluate:evaluate", "Evaluate a run's or a checkpoint's model with a head on a view."),
     "export": ("mmcore.cli_export:export", "Export a run's model for transformers (LxmertModel, AutoTokenizer)."),
+    "schema": ("mmcore.cli_schema:schema", "Print the recipe JSON Schema (keys, types, defaults; plugin options)."),
 }
 
 

@@ -45,6 +45,8 @@ class Key:
     def default_text(self) -> str:
         """The default as the docs write it."""
         if self.default is UNSET:
+            if self.section is not None and not self.computed and not self.required:
+                return f"its keys' defaults (see {self.section})"
             return self.computed or ("required" if self.required else "(not set)")
         if self.default is None:
             return "null"
@@ -149,11 +151,13 @@ FINETUNE = _section(
     Key("head", str, "the head (mmcore list-heads)", required=True),
     Key("init", str, "a pre-training stage whose final weights it starts from", computed="the final weights",
         filled=False),
-    Key("options", dict, "the head's options (mmcore describe HEAD)", plugins="head"),
+    Key("options", dict, "the head's options (mmcore describe HEAD)", computed="the head's defaults",
+        plugins="head"),
     Key("data", dict, "one data view", section="data", required=True),
     Key("eval_split", str, "the split whose metrics are reported", "test"),
     Key("select", dict, "model selection", section="select"),
-    *(replace(k, computed="the head's epochs") if k.name == "epochs" else k for k in SCHEDULE),
+    # The default epochs are the head's own (its class attribute ``epochs``), filled in by validation.
+    *(replace(k, default=UNSET, computed="the head's epochs") if k.name == "epochs" else k for k in SCHEDULE),
     Key("optim", dict, "the optimiser", section="finetune optim"),
 )
 
@@ -163,7 +167,8 @@ ZERO_SHOT = _section(
     Key("head", str, "the head (mmcore list-heads)", required=True),
     Key("init", str, "a pre-training stage whose final weights it evaluates", computed="the final weights",
         filled=False),
-    Key("options", dict, "the head's options (mmcore describe HEAD)", plugins="head"),
+    Key("options", dict, "the head's options (mmcore describe HEAD)", computed="the head's defaults",
+        plugins="head"),
     Key("data", dict, "one data view", section="data", required=True),
     Key("max_text_len", int, "tokens per text, [CLS] and [SEP] included", MAX_TEXT_LEN, minimum=3),
 )
@@ -191,7 +196,8 @@ TOP = _section(
     Key("loggers", dict, "logger name -> options, e.g. {tensorboard: {}} (metrics.jsonl is always written)",
         plugins="logger", filled=False),
     Key("backbone", dict, "{name: BACKBONE, ...its options}", plugins="backbone", required=True),
-    Key("datasets", dict, "dataset name -> options", plugins="dataset"),
+    Key("datasets", dict, "dataset name -> options (each dataset's defaults fill the rest)", computed="none",
+        plugins="dataset"),
     Key("stages", list, "the pre-training curriculum, in order", [], section="stage", many=True),
     Key("zero_shot", list, "evaluations of the pre-trained model without fine-tuning", [], section="zero_shot",
         many=True),

@@ -38,6 +38,8 @@ def find_source(target: Path, resolved: dict[str, Any], stage: str | None, finet
     """The checkpoint TARGET names: a checkpoint file, or a run directory's ``--stage``/``--finetune`` (by default its
     last pre-training stage, else its only fine-tuning)."""
     if target.is_file():
+        if stage is not None or finetune is not None:
+            raise MMCoreError(f"{target} is a checkpoint file: --stage and --finetune choose within a run directory")
         kind = {"stages": "stage", "finetune": "finetune"}.get(target.resolve().parent.parent.name)
         if kind is None:
             raise MMCoreError(f"{target}: expected <run>/stages/<name>/... or <run>/finetune/<name>/...")
@@ -65,7 +67,8 @@ def find_source(target: Path, resolved: dict[str, Any], stage: str | None, finet
 
 def run_of(target: Path) -> Path:
     """The run directory of TARGET (itself, or the one a checkpoint file lies in)."""
-    run = target if target.is_dir() else target.resolve().parents[2] if len(target.resolve().parents) > 2 else target
+    parents = target.resolve().parents
+    run = target if target.is_dir() else parents[2] if len(parents) > 2 else target
     if not (run / RESOLVED).is_file():
         raise MMCoreError(f"{target}: not a run directory nor a checkpoint inside one (no {RESOLVED})")
     return run
@@ -76,23 +79,12 @@ def export(plugins: Any, resolved: dict[str, Any], source: Source, out: Path, re
     """Write the export directory ``out`` for ``source``; returns its manifest (``mmcore.json``)."""
     import torch
 
-    from mmcore.checkpointing import check_fits, read_checkpoint
-    from mmcore.engine import Engine
-    from mmcore.rundir import RunDir
-
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise MMCoreError(f"{out} exists and is not empty; choose another directory or add --overwrite")
     if not source.checkpoint.is_file():
         raise MMCoreError(f"{source.checkpoint}: no checkpoint; is the {source.kind} {source.name!r} finished? "
                           "(mmcore run --resume RUN_DIR)")
-    engine = Engine({**resolved, "device": "cpu"}, plugins, RunDir(source.run), reporter, cache_dir)
-    sizing = engine.primary_dataset()
-    engine.info, engine.tokenizer = sizing.info(), sizing.tokenizer()
-    ckpt = read_checkpoint(source.checkpoint)
-    backbone = engine.build_backbone()
-    check_fits(ckpt["backbone"], backbone, "mmcore export", str(source.checkpoint))
-    backbone.load_state_dict(ckpt["backbone"])
-    backbone.eval()
+    tokenizer, ckpt, backbone = _load(plugins, resolved, source, reporter, cache_dir)
     name = str(resolved["backbone"]["name"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -102,7 +94,7 @@ def export(plugins: Any, resolved: dict[str, Any], source: Source, out: Path, re
         if written is None:
             raise MMCoreError(f"backbone {name!r} cannot be exported: its plugin does not implement the "
                               "mmcore_export_backbone hook")
-        manifest = _write_rest(tmp, engine.tokenizer, ckpt, source, resolved, name, written)
+        manifest = _write_rest(tmp, tokenizer, ckpt, source, resolved, name, written)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -110,6 +102,23 @@ def export(plugins: Any, resolved: dict[str, Any], source: Source, out: Path, re
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _load(plugins: Any, resolved: dict[str, Any], source: Source, reporter: Any,
+          cache_dir: Path | None) -> tuple[Any, dict[str, Any], Any]:
+    """(the run's tokenizer, the checkpoint, its backbone in eval mode on the CPU), built as the run built them."""
+    from mmcore.checkpointing import check_fits, read_checkpoint
+    from mmcore.engine import Engine
+    from mmcore.rundir import RunDir
+
+    engine = Engine({**resolved, "device": "cpu"}, plugins, RunDir(source.run), reporter, cache_dir)
+    sizing = engine.primary_dataset()
+    engine.info, engine.tokenizer = sizing.info(), sizing.tokenizer()
+    ckpt = read_checkpoint(source.checkpoint)
+    backbone = engine.build_backbone()
+    check_fits(ckpt["backbone"], backbone, "mmcore export", str(source.checkpoint))
+    backbone.load_state_dict(ckpt["backbone"])
+    return engine.tokenizer, ckpt, backbone.eval()
 
 
 def _write_rest(tmp: Path, tokenizer: Any, ckpt: dict[str, Any], source: Source, resolved: dict[str, Any],

@@ -42,7 +42,8 @@ def mmcore_register_loggers(registry: Any) -> None:
 
 @hookspec
 def mmcore_register_commands(cli: Any) -> None:
-    """Add click commands to the ``mmcore`` group."""
+    """Add click commands to the ``mmcore`` group. Called when ``mmcore NAME`` names no built-in command (so
+    ``mmcore --help`` and shell completion, which load no plugin, do not list plugin commands)."""
 
 
 @hookspec(firstresult=True)

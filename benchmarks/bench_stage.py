@@ -10,7 +10,8 @@ stage's checkpoint, as the recipe configures them. Its samples/s is over the sta
 batch read to the checkpoint written). The bare step then runs the same stage's model, tasks and optimiser on the
 same batches (made beforehand by the same sampler and collate, untimed): masking, forward, losses, backward,
 clipping, AdamW and the schedule, nothing else. Engine and bare runs alternate ``--repeat`` times, so a busy
-machine slows both alike; each pair gives a ratio.
+machine slows both alike; each pair gives a ratio, by wall clock and by this process's CPU time (at
+``OMP_NUM_THREADS=1`` the CPU-time ratio compares the work done, whatever else runs on the machine).
 
 The per-phase breakdown is the engine's own (``mmcore.phases``): ``read`` (the view's examples), ``prepare``
 (tasks' per-example work), ``collate`` (tokenise and stack), ``fetch`` (the loader's remaining overhead),
@@ -57,12 +58,18 @@ class StageRun:
 
     samples: int
     seconds: float
+    cpu_seconds: float  # this process's CPU time over the same span (all threads)
     phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         """Samples per second."""
         return self.samples / max(self.seconds, 1e-9)
+
+    @property
+    def cpu_rate(self) -> float:
+        """Samples per CPU second: barely moved by other work on the machine (at one thread, the work done)."""
+        return self.samples / max(self.cpu_seconds, 1e-9)
 
 
 def stage_recipe(recipe: Path, stage: str, steps: int) -> tuple[Any, dict[str, Any]]:
@@ -89,7 +96,7 @@ def run_engine(plugins: Any, resolved: dict[str, Any], cache_dir: Path | None, t
     stage = resolved["stages"][0]["name"]
     spent = dict(clock.seconds)
     spent["other"] = max(0.0, clock.wall - sum(spent.values()))
-    return StageRun(int(results["_stages"][stage]["samples"]), clock.wall, spent)
+    return StageRun(int(results["_stages"][stage]["samples"]), clock.wall, clock.cpu, spent)
 
 
 class BareStep:
@@ -136,10 +143,10 @@ class BareStep:
         generator = torch.Generator().manual_seed(self.seed)
         for module in modules:
             module.train()
-        seconds, samples = 0.0, 0
+        seconds, cpu_seconds, samples = 0.0, 0.0, 0
         for original in self.batches:
             batch = {k: v.clone() if isinstance(v, torch.Tensor) else list(v) for k, v in original.items()}
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             optimizer.zero_grad(set_to_none=True)
             for task in self.tasks.values():
                 task.corrupt(batch, generator)
@@ -151,8 +158,9 @@ class BareStep:
             optimizer.step()
             schedule.step()
             seconds += time.perf_counter() - start
+            cpu_seconds += time.process_time() - cpu_start
             samples += int(batch["input_ids"].shape[0])
-        return StageRun(samples, seconds)
+        return StageRun(samples, seconds, cpu_seconds)
 
 
 def _listed(prepare: Any) -> Any:
@@ -185,14 +193,19 @@ def measure_stage(recipe: Path, stage: str, steps: int, repeat: int, cache_dir: 
     for _ in range(repeat):
         engine_runs.append(run_engine(plugins, resolved, cache_dir, None))
         bare_runs.append(bare.run())
-    lines = [f"## stage {stage}: {steps} steps of batch {resolved['stages'][0]['batch_size']}",
-             "", "| run | engine samples/s | bare step samples/s | engine / bare |", "|---|---:|---:|---:|"]
-    ratios = []
+    lines = [f"## stage {stage}: {steps} steps of batch {resolved['stages'][0]['batch_size']}", "",
+             "| run | engine samples/s | bare step samples/s | engine / bare | engine samples/CPU-s | "
+             "bare samples/CPU-s | engine / bare (CPU time) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    ratios, cpu_ratios = [], []
     for i, (e, b) in enumerate(zip(engine_runs, bare_runs), start=1):
         ratios.append(e.rate / b.rate)
-        lines.append(f"| {i} | {e.rate:.1f} | {b.rate:.1f} | {ratios[-1]:.3f} |")
-    lines += [f"| median | {statistics.median(e.rate for e in engine_runs):.1f} | "
-              f"{statistics.median(b.rate for b in bare_runs):.1f} | {statistics.median(ratios):.3f} |", "",
+        cpu_ratios.append(e.cpu_rate / b.cpu_rate)
+        lines.append(f"| {i} | {e.rate:.1f} | {b.rate:.1f} | {ratios[-1]:.3f} | {e.cpu_rate:.1f} | {b.cpu_rate:.1f} | "
+                     f"{cpu_ratios[-1]:.3f} |")
+    median = statistics.median
+    lines += [f"| median | {median(e.rate for e in engine_runs):.1f} | {median(b.rate for b in bare_runs):.1f} | "
+              f"{median(ratios):.3f} | {median(e.cpu_rate for e in engine_runs):.1f} | "
+              f"{median(b.cpu_rate for b in bare_runs):.1f} | {median(cpu_ratios):.3f} |", "",
               "engine phases (median over runs):", "", phase_table(engine_runs)]
     return "\n".join(lines)
 
@@ -210,6 +223,7 @@ def measure_busy(recipe: Path, stage: str, steps: int, busy: int, cache_dir: Pat
         for label, count in settings:
             result = run_engine(plugins, resolved, cache_dir, count)
             lines.append(f"| {label} | {count} | {result.rate:.1f} |")
+            click.echo(lines[-1], err=True)
     finally:
         for process in workers:
             process.kill()

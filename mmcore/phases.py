@@ -27,6 +27,8 @@ class PhaseClock:
         self.counts: dict[str, int] = defaultdict(int)
         self.first: float | None = None
         self.last: float | None = None
+        self.cpu_first: float | None = None  # process CPU time (all threads) at the first phase's start
+        self.cpu_last: float | None = None
         self._stack: list[list[Any]] = []  # [name, start, seconds spent in nested phases]
 
     @contextmanager
@@ -44,7 +46,7 @@ class PhaseClock:
             self.sync()
         start = time.perf_counter()
         if self.first is None:
-            self.first = start
+            self.first, self.cpu_first = start, time.process_time()
         self._stack.append([name, start, 0.0])
 
     def close(self) -> None:
@@ -57,12 +59,18 @@ class PhaseClock:
         self.counts[name] += 1
         if self._stack:
             self._stack[-1][2] += stop - start
-        self.last = stop
+        self.last, self.cpu_last = stop, time.process_time()
 
     @property
     def wall(self) -> float:
         """Seconds from the start of the first phase to the end of the last."""
         return 0.0 if self.first is None or self.last is None else self.last - self.first
+
+    @property
+    def cpu(self) -> float:
+        """This process's CPU seconds (all its threads) over the same span: unlike :attr:`wall`, other work on the
+        machine barely changes it."""
+        return 0.0 if self.cpu_first is None or self.cpu_last is None else self.cpu_last - self.cpu_first
 
 
 _active: PhaseClock | None = None

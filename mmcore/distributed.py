@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from mmcore.api import Batch
 from mmcore.errors import MMCoreError
+from mmcore.schema.keys import batch_size_rule
 
 T = TypeVar("T")
 # Rank 0 evaluates while the others wait in a collective; evaluations can take long, so wait long.
@@ -39,13 +40,6 @@ def micro_batch_size(batch_size: int, world_size: int, grad_accum: int, where: s
     if batch_size % parts:
         raise MMCoreError(f"{where + ': ' if where else ''}{batch_size_rule(batch_size, world_size, grad_accum)}")
     return batch_size // parts
-
-
-def batch_size_rule(batch_size: int, world_size: int, grad_accum: int) -> str:
-    """The message for a batch size that does not split into equal micro-batches."""
-    return (f"batch_size {batch_size} must be divisible by processes × grad_accum = {world_size} × {grad_accum} = "
-            f"{world_size * grad_accum}: every optimiser step takes batch_size samples, as per-process "
-            "micro-batches of batch_size / (processes × grad_accum)")
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from typing import Any
 
 from mmcore.checker import Checker, RecipeInvalid
 from mmcore.data.store import CACHE_MODES
-from mmcore.distributed import batch_size_rule
 from mmcore.errors import MMCoreError, did_you_mean
 from mmcore.loggers import resolve_loggers
 from mmcore.recipe import KeyPath, Recipe, format_key
 from mmcore.registry import Registry
 from mmcore.schema.keys import (
-    DATA, FINETUNE, FINETUNE_OPTIM, NONFINITE, OPTIM, PRECISIONS, SCHEDULE, SELECT, STAGE, TASK, TOP, ZERO_SHOT, Section,
+    DATA, FINETUNE, FINETUNE_OPTIM, NONFINITE, OPTIM, PRECISIONS, SCHEDULE, SELECT, STAGE, TASK, TOP, ZERO_SHOT,
+    Section, batch_size_rule,
 )
 from mmcore.selectcheck import check_selection
 

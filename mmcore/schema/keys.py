@@ -122,6 +122,14 @@ SCHEDULE = (  # the keys a stage and a fine-tuning share
     Key("num_workers", int, "data-loader worker processes", computed="the top-level's", minimum=0),
 )
 
+
+def batch_size_rule(batch_size: int, world_size: int, grad_accum: int) -> str:
+    """The message for a ``batch_size`` that does not split into equal micro-batches of ``grad_accum`` per process."""
+    return (f"batch_size {batch_size} must be divisible by processes × grad_accum = {world_size} × {grad_accum} = "
+            f"{world_size * grad_accum}: every optimiser step takes batch_size samples, as per-process "
+            "micro-batches of batch_size / (processes × grad_accum)")
+
+
 TASK = _section(
     "task", "a pre-training task's options: the task's own (mmcore describe TASK) and its loss weight",
     Key("weight", float, "the task loss's weight in the stage's sum", 1.0, minimum=0),

@@ -37,7 +37,8 @@ def option_type(defaults: Mapping[str, Any], declared: Mapping[str, Any], name: 
 
 
 def conforms(value: Any, annotation: Any) -> bool:
-    """Whether ``value`` (as YAML reads it) has type ``annotation``; an int passes for a float, a bool for nothing else."""
+    """Whether ``value`` (as YAML reads it) has type ``annotation``; an int passes for a float, a bool only for
+    bool."""
     if annotation is Any:
         return True
     if annotation is None or annotation is type(None):

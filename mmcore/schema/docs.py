@@ -26,7 +26,9 @@ def markdown() -> str:
            "Every key a recipe may write, with its type, its default and what it does. `mmcore show RECIPE` prints a "
            "recipe with every default filled in; `mmcore schema` prints the same declarations as a JSON Schema for "
            "editor completion, with the installed plugins' options (`mmcore describe NAME` lists one plugin's).",
-           ""]
+           "", "For an editor with the YAML language server, write the schema once with "
+           "`mmcore schema -o recipe.schema.json` and start a recipe with "
+           "`# yaml-language-server: $schema=recipe.schema.json` (a path relative to the recipe).", ""]
     for section in SECTIONS.values():
         out += _table(section)
     return "\n".join(out)

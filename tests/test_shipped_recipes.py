@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import yaml
 
@@ -112,3 +113,17 @@ def test_a_command_a_plugin_adds_runs_by_name(tmp_path, monkeypatch):
     proc = subprocess.run([sys.executable, "-m", "mmcore", "hello"], capture_output=True, text=True, check=False,
                           env={**os.environ, "MMCORE_PLUGINS": str(plugin)})
     assert (proc.returncode, proc.stdout) == (0, "hello from a plugin\n"), proc.stderr
+
+
+def test_the_wheel_carries_every_shipped_recipe():
+    """pyproject's package-data patterns match every file under mmcore/recipes (a deeper folder would be left out)."""
+    import fnmatch
+    import tomllib
+
+    from mmcore.shipped import shipped_dir
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mmcore"]
+    files = [p.relative_to(shipped_dir().parent).as_posix() for p in shipped_dir().rglob("*") if p.is_file()]
+    assert files and all(any(fnmatch.fnmatch(f, pattern) and f.count("/") == pattern.count("/") for pattern in patterns)
+                         for f in files), files

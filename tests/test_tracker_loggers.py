@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,19 @@ def test_wandb_offline_run_holds_the_recipe_every_metric_at_its_step_and_the_fil
     assert all(name == "summary.md" or (name.startswith("plots/") and name.endswith(".png")) for name in files)
     (finished,) = by_type["exit"]
     assert finished.exit.exit_code == 0
+
+
+@pytest.mark.parametrize(("module", "logger", "extra"), [("mlflow", "MlflowLogger", "mlflow"),
+                                                         ("wandb", "WandbLogger", "wandb")])
+def test_a_missing_tracker_package_is_a_clear_error(tmp_path, monkeypatch, module, logger, extra):
+    import importlib
+
+    from mmcore.errors import MMCoreError
+
+    for name in [m for m in sys.modules if m == module or m.startswith(f"{module}.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # import now fails as if the package were not installed
+    factory = getattr(importlib.import_module(f"mmcore_loggers.{module}_logger"), logger)
+    with pytest.raises(MMCoreError) as info:
+        factory(tmp_path)
+    assert f'pip install "mmcore-vlp[{extra}]"' in str(info.value)

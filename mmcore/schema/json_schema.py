@@ -1,5 +1,5 @@
 """The JSON Schema (draft 2020-12) of a recipe, made from :mod:`mmcore.schema.keys` and, when a registry is given,
-from the registered plugins' names and option types (for editor completion of ``tasks: {mlm: {...}}``).
+from the registered plugins' names and option types (for editor completion of a stage's ``tasks`` and their options).
 
 It describes a recipe file as written (no key is required at the top level, because a file may be a base that
 others include) and equally the resolved recipe ``mmcore show`` prints. Plugin names the registry does not know

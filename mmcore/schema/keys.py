@@ -142,7 +142,7 @@ STAGE = _section(
     Key("data", dict, "a data view, or a list of them", section="data", required=True),
     *SCHEDULE,
     Key("optim", dict, "the optimiser", section="optim"),
-    Key("tasks", dict, "task name -> options, e.g. {mlm: {}, itm: {weight: 0.5}}", plugins="task", required=True),
+    Key("tasks", dict, "task name -> its options and weight (mmcore list-tasks)", plugins="task", required=True),
 )
 
 SELECT = _section(
@@ -201,7 +201,7 @@ TOP = _section(
     Key("plugins", list[str], "local .py plugin files, relative to the recipe", []),
     Key("threads", int, "intra-op CPU threads (--threads and OMP_NUM_THREADS override)",
         computed="the CPUs this process may use", filled=False, minimum=1),
-    Key("loggers", dict, "logger name -> options, e.g. {tensorboard: {}} (metrics.jsonl is always written)",
+    Key("loggers", dict, "logger name -> options (mmcore list-loggers; metrics.jsonl is always written)",
         plugins="logger", filled=False),
     Key("backbone", dict, "{name: BACKBONE, ...its options}", plugins="backbone", required=True),
     Key("datasets", dict, "dataset name -> options (each dataset's defaults fill the rest)", computed="none",

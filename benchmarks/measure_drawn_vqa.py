@@ -1,8 +1,10 @@
 """The default VQA fine-tuning against the question-only baseline on the drawn shapes (tests/shapes.py).
 
     OMP_NUM_THREADS=1 python benchmarks/measure_drawn_vqa.py --out /tmp/drawn [--seeds 0 1 2] [--normalise none]
+        [--per-image 2]
 
-Draws 1,000 images (700 train, 150 val, 150 test; two shapes each, four questions each), prepares them with
+Draws 1,000 images (700 train, 150 val, 150 test; one shape each, or two with --per-image 2; four questions each:
+colour, shape and two yes/no), prepares them with
 ``mmcore data prepare --extractor grid`` (default 2048-d features, 6x6 grid), then fine-tunes LXMERT-S at CPU width
 (recipes/base/lxmert_s_cpu.yaml) from scratch with recipes/base/downstream.yaml's ``vqa`` entry, once per seed.
 Prints test accuracy overall and per question type beside the question-only baseline and chance, and each
@@ -33,17 +35,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--normalise", choices=["standardise", "none"], default="standardise")
+    parser.add_argument("--per-image", type=int, choices=[1, 2], default=1, help="Shapes per image.")
     args = parser.parse_args()
-    source, ready = args.out / "source", args.out / f"ready_{args.normalise}"
+    source = args.out / f"source_{args.per_image}"
+    ready = args.out / f"ready_{args.per_image}_{args.normalise}"
     if not source.is_dir():
-        write_source(source, {"train": 700, "val": 150, "test": 150}, seed=0)
+        write_source(source, {"train": 700, "val": 150, "test": 150}, seed=0, per_image=args.per_image)
     if not ready.is_dir():
         subprocess.run(["mmcore", "data", "prepare", str(source), str(ready), "--extractor", "grid", "--quiet",
                         "--normalise", args.normalise], check=True)
     downstream = yaml.safe_load((ROOT / "recipes/base/downstream.yaml").read_text())
     vqa = next(entry for entry in downstream["finetune"] if entry["name"] == "vqa")
     for seed in args.seeds:
-        name = f"drawn_vqa_{args.normalise}"
+        name = f"drawn_vqa_{args.per_image}_{args.normalise}"
         run = args.out / "runs" / name / f"seed{seed}"
         if not (run / "results.json").is_file():
             recipe = args.out / f"{name}.yaml"

@@ -1,5 +1,5 @@
-"""A drawn image set for the ``pairs`` dataset tests: two coloured shapes per small PNG (Pillow), with captions,
-phrases and colour / shape / yes-no questions templated from what was drawn, in the JSONL formats of
+"""A drawn image set for the ``pairs`` dataset tests: one (or two) coloured shapes per small PNG (Pillow), with
+captions, phrases and colour / shape / yes-no questions templated from what was drawn, in the JSONL formats of
 docs/your-data.md. Images of each split live in images/<split>/ and are numbered from 0 in every split, so the
 same file name recurs across splits (the dataset must keep them apart)."""
 
@@ -18,9 +18,9 @@ BACKGROUND = (128, 128, 128)
 SIDE = 48
 
 
-def draw(directory: Path, counts: dict[str, int], seed: int = 0) -> dict[str, list[list[dict]]]:
-    """Draw ``counts[split]`` images per split under ``directory``: two shapes per image, one in each half, of
-    different kinds and colours. Returns the drawn objects of each image per split."""
+def draw(directory: Path, counts: dict[str, int], seed: int = 0, per_image: int = 1) -> dict[str, list[list[dict]]]:
+    """Draw ``counts[split]`` images per split under ``directory``: ``per_image`` (1 or 2) shapes per image, each in
+    its own half when there are two, of different kinds and colours. Returns the drawn objects per split."""
     from PIL import Image, ImageDraw
 
     rng = random.Random(seed)
@@ -33,12 +33,14 @@ def draw(directory: Path, counts: dict[str, int], seed: int = 0) -> dict[str, li
             image = Image.new("RGB", (SIDE, SIDE), BACKGROUND)
             pen = ImageDraw.Draw(image)
             objects = []
-            halves = rng.sample(["left", "right"], 2)
-            for shape, colour, half in zip(rng.sample(SHAPES, 2), rng.sample(list(COLOURS), 2), halves):
+            halves = rng.sample(["left", "right"], 2)[:per_image]
+            for shape, colour, half in zip(rng.sample(SHAPES, per_image), rng.sample(list(COLOURS), per_image),
+                                           halves):
                 size = rng.choice(list(SIZES))
                 r = rng.randint(*SIZES[size])
-                x0 = 0 if half == "left" else SIDE // 2
-                cx, cy = rng.randint(x0 + r, x0 + SIDE // 2 - r - 1), rng.randint(r, SIDE - r - 1)
+                x0, width = (0, SIDE) if per_image == 1 else (0 if half == "left" else SIDE // 2, SIDE // 2)
+                cx, cy = rng.randint(x0 + r, x0 + width - r - 1), rng.randint(r, SIDE - r - 1)
+                half = half if per_image > 1 else ("left" if cx < SIDE // 2 else "right")
                 _shape(pen, shape, cx, cy, r, COLOURS[colour])
                 objects.append({"image": f"{split}/{index}.png", "shape": shape, "colour": colour, "size": size,
                                 "where": half})
@@ -75,9 +77,9 @@ def questions(objects: list[dict], rng: random.Random) -> list[dict]:
     return out
 
 
-def write_source(directory: Path, counts: dict[str, int], seed: int = 0) -> Path:
+def write_source(directory: Path, counts: dict[str, int], seed: int = 0, per_image: int = 1) -> Path:
     """A complete source folder: images/, captions_<split>.jsonl, phrases.jsonl and vqa.jsonl (split column)."""
-    drawn = draw(directory, counts, seed)
+    drawn = draw(directory, counts, seed, per_image)
     rng = random.Random(seed + 1)
     vqa, phrases = [], []
     for split, images in drawn.items():
@@ -86,8 +88,8 @@ def write_source(directory: Path, counts: dict[str, int], seed: int = 0) -> Path
             name = objects[0]["image"]
             described = [f"a {o['size']} {o['colour']} {o['shape']} on the {o['where']}" for o in objects]
             captions += [{"image": name, "text": " and ".join(described)},
-                         {"image": name, "text": f"a {objects[0]['colour']} {objects[0]['shape']} beside a "
-                                                 f"{objects[1]['colour']} {objects[1]['shape']}"}]
+                         {"image": name, "text": " beside ".join(f"a {o['colour']} {o['shape']}" for o in objects)
+                                                 + " on a grey background"}]
             phrases += [{"image": name, "text": t, "split": split}
                         for o in objects for t in (f"{o['colour']} {o['shape']}", f"{o['size']} {o['shape']}")]
             vqa += [{"image": name, **q, "split": split} for q in questions(objects, rng)]

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         Head,
         Task,
     )
+    from mmcore.display import Metric
     from mmcore.registry import Registry
 
 __version__ = "0.1.0"
@@ -30,7 +31,7 @@ hookimpl = pluggy.HookimplMarker("mmcore")
 """Decorator for plugin hook implementations (``@mmcore.hookimpl``)."""
 
 # The plugin API needs torch; it is imported on first use, so `mmcore --help` and `--version` stay fast.
-_LAZY = {"Registry": "mmcore.registry", **{name: "mmcore.api" for name in (
+_LAZY = {"Registry": "mmcore.registry", "Metric": "mmcore.display", **{name: "mmcore.api" for name in (
     "PAIR_FIELDS", "Backbone", "BackboneOutput", "Batch", "DataInfo", "Dataset", "EvalContext", "Example",
     "ExampleSource", "Head", "Task")}}
 
@@ -58,6 +59,7 @@ __all__ = [
     "ExampleSource",
     "Head",
     "MMCoreError",
+    "Metric",
     "RecipeError",
     "Registry",
     "Task",

@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mmcore.layout import Layout
 from mmcore.rundir import atomic_write_text
 from mmcore.stats import Summary, summarize
-from mmcore.summary import INTERVAL_LEGEND, METRIC_LABELS, METRIC_ORDER, PAPER_COLUMNS, markdown_table, summary_cell
+from mmcore.summary import INTERVAL_LEGEND, markdown_table, summary_cell
 
 # Fields of an evaluation's entry copied into the aggregate (from the first seed that has the evaluation).
 KEPT_FIELDS = ("kind", "head", "split", "init")
@@ -23,8 +24,9 @@ def _summary_entry(values: Mapping[int, float]) -> dict[str, Any]:
     return {**summarize([values[s] for s in seeds]).as_dict(), "values": {str(s): values[s] for s in seeds}}
 
 
-def aggregate_results(results_by_seed: Mapping[int, dict[str, Any]]) -> dict[str, Any]:
-    """The aggregate of per-seed ``results.json`` dicts: per evaluation and metric, a summary over seeds."""
+def aggregate_results(results_by_seed: Mapping[int, dict[str, Any]], layout: Layout) -> dict[str, Any]:
+    """The aggregate of per-seed ``results.json`` dicts: per evaluation and metric (in the heads' declared order),
+    a summary over seeds."""
     out: dict[str, Any] = {"_seeds": sorted(results_by_seed)}
     stages: dict[str, dict[int, float]] = {}
     evaluations: dict[str, dict[str, Any]] = {}
@@ -45,14 +47,9 @@ def aggregate_results(results_by_seed: Mapping[int, dict[str, Any]]) -> dict[str
     out["_stages"] = {stage: {"final_loss": _summary_entry(values)} for stage, values in stages.items()}
     for name, entry in evaluations.items():
         values = entry.pop("values")
-        entry["metrics"] = {metric: _summary_entry(v) for metric, v in _ordered(values)}
+        entry["metrics"] = {metric: _summary_entry(values[metric]) for metric in layout.ordered_metrics(values)}
         out[name] = entry
     return out
-
-
-def _ordered(values: dict[str, Any]) -> list[tuple[str, Any]]:
-    return sorted(values.items(), key=lambda kv: (METRIC_ORDER.index(kv[0]) if kv[0] in METRIC_ORDER
-                                                  else len(METRIC_ORDER), kv[0]))
 
 
 def summary_of(entry: Mapping[str, Any]) -> Summary:
@@ -65,7 +62,7 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def aggregate_rows(aggregate: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def aggregate_rows(aggregate: dict[str, Any], layout: Layout) -> tuple[list[str], list[list[str]]]:
     """Header and rows (one per evaluation and metric, in %): n, mean, std, 95% CI and each seed's value."""
     seeds = [str(s) for s in aggregate.get("_seeds", [])]
     header = ["evaluation", "kind", "metric", "n", "mean", "std", "95% CI", *(f"seed {s}" for s in seeds)]
@@ -78,7 +75,7 @@ def aggregate_rows(aggregate: dict[str, Any]) -> tuple[list[str], list[list[str]
             summary = summary_of(stats)
             interval = ("n = 1: no interval" if summary.low is None
                         else f"[{_pct(summary.low)}, {_pct(summary.high)}]")
-            rows.append([name, kind, METRIC_LABELS.get(metric, metric), str(summary.n), _pct(summary.mean),
+            rows.append([name, kind, layout.metric_label(metric), str(summary.n), _pct(summary.mean),
                          _pct(summary.std) if summary.std is not None else "–", interval,
                          *(_pct(stats["values"].get(s)) for s in seeds)])
         if not entry["metrics"]:
@@ -86,17 +83,18 @@ def aggregate_rows(aggregate: dict[str, Any]) -> tuple[list[str], list[list[str]
     return header, rows
 
 
-def paper_summary_rows(label: str, aggregate: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and the one row of a seed group in the columns of the paper's Tables 2-3 that it has, each cell
-    ``mean ± std [95% CI]`` in % (evaluations from an earlier stage's weights, ``init``, are left out)."""
+def results_summary_rows(label: str, aggregate: dict[str, Any], layout: Layout) -> tuple[list[str], list[list[str]]]:
+    """Header and the one row of a seed group in the heads' results columns (:meth:`Layout.results_columns`) that
+    it has, each cell ``mean ± std [95% CI]`` in % (evaluations from an earlier stage's weights, ``init``, are left
+    out)."""
     entries = [e for name, e in aggregate.items() if not name.startswith("_") and "init" not in e]
     header, row = ["run", "n"], [label, str(len(aggregate.get("_runs") or aggregate.get("_seeds") or []))]
-    for column, kind, head, metric in PAPER_COLUMNS:
-        entry = next((e for e in entries if (e.get("kind"), e.get("head")) == (kind, head)), None)
+    for column in layout.results_columns():
+        entry = next((e for e in entries if (e.get("kind"), e.get("head")) == (column.kind, column.head)), None)
         if entry is None:
             continue
-        stats = entry["metrics"].get(metric)
-        header.append(column)
+        stats = entry["metrics"].get(column.metric)
+        header.append(column.label)
         row.append("–" if stats is None else summary_cell(summary_of(stats), n_row=int(row[1])))
     return header, [row]
 
@@ -113,15 +111,15 @@ def stage_loss_rows(aggregate: dict[str, Any]) -> tuple[list[str], list[list[str
 
 
 def write_group_summary(path: Path, recipe: dict[str, Any], aggregate: dict[str, Any],
-                        seed_dirs: Mapping[int, tuple[Path, bool]]) -> None:
+                        seed_dirs: Mapping[int, tuple[Path, bool]], layout: Layout) -> None:
     """Write the seed group's ``summary.md``: its seeds and their run directories, then the aggregate tables."""
     lines = [f"# {recipe['name']} over {len(seed_dirs)} seeds", "", f"Seed group: `{path}`", "",
              "Each seed is a full run of the curriculum with that training seed (initialisation, data order, masking, "
              "negatives, dropout); the datasets' own seeds are those of the recipe.", "", "## Seeds", ""]
     for seed, (run, complete) in sorted(seed_dirs.items()):
         lines.append(f"- seed {seed}: `{run.name}` ({'complete' if complete else 'incomplete'})")
-    lines += ["", "## As in the paper's Tables 2-3 (%)", "", f"{INTERVAL_LEGEND}.", "",
-              markdown_table(*paper_summary_rows(str(recipe["name"]), aggregate)), "",
-              "## Results (%)", "", markdown_table(*aggregate_rows(aggregate)), "",
+    lines += ["", "## Results (%)", "", f"{INTERVAL_LEGEND}.", "",
+              markdown_table(*results_summary_rows(str(recipe["name"]), aggregate, layout)), "",
+              "## Evaluations (%)", "", markdown_table(*aggregate_rows(aggregate, layout)), "",
               "## Pre-training", "", markdown_table(*stage_loss_rows(aggregate)), ""]
     atomic_write_text(path / "summary.md", "\n".join(lines))

@@ -3,49 +3,29 @@
 from __future__ import annotations
 
 import sys
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from mmcore import __version__
 from mmcore.cli_lazy import LazyGroup
 from mmcore.cli_seeds import run_seed_group, seeds_option
-from mmcore.errors import MMCoreError, PluginError
+from mmcore.console import err_console, print_error, stdout_console
+from mmcore.errors import MMCoreError
 from mmcore.plugins import load_plugins  # pluggy and the registry only: plugins load when it is called
+from mmcore.recipeload import prepare_recipe, set_option
 from mmcore.shipped import complete_recipe
 
 # Whatever imports torch or loads plugins is imported inside the command that needs it, so that
 # `mmcore --help`, `--version` and shell completion answer at once (see mmcore.cli_lazy).
 if TYPE_CHECKING:
     from mmcore.plugins import Plugins
-    from mmcore.recipe import Recipe
 
 
-def _stdout_console() -> Console:
-    """A console for tables: the terminal's width, or wide enough not to cut columns when piped to a file."""
-    probe = Console()
-    return probe if probe.is_terminal else Console(width=max(probe.width, 220))
-
-
-def _stderr_console() -> Console:
-    """A console for messages and progress: in a log file (no terminal) lines are never wrapped, so run paths
-    and error messages stay whole and greppable."""
-    probe = Console(stderr=True)
-    return probe if probe.is_terminal else Console(stderr=True, soft_wrap=True, width=max(probe.width, 220))
-
-
-console = _stdout_console()
-err_console = _stderr_console()
-
-
-def print_error(exc: MMCoreError) -> None:
-    """A user error as one red ``error:`` message on stderr (no traceback)."""
-    err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+console = stdout_console()
 
 
 class MMCoreGroup(LazyGroup):
@@ -63,66 +43,6 @@ class MMCoreGroup(LazyGroup):
 @click.version_option(__version__, prog_name="mmcore")
 def main() -> None:
     """mmcore: vision-and-language pre-training where everything is a plugin and a curriculum is a YAML file."""
-
-
-def recipe_plugin_paths(recipe: Recipe) -> list[Path]:
-    """The recipe's ``plugins:`` files, resolved relative to the file that named them; missing ones are errors."""
-    items = recipe.data.get("plugins") or []
-    if not isinstance(items, list):
-        raise recipe.error(("plugins",), "plugins must be a list of .py files")
-    paths = []
-    for index, item in enumerate(items):
-        key = ("plugins", str(index))
-        origin = recipe.where(key)[0]
-        base = Path(origin).parent if not origin.startswith("--set") else Path.cwd()
-        path = Path(str(item)).expanduser()
-        path = path if path.is_absolute() else (base / path).resolve()
-        if not path.is_file():
-            raise recipe.error(key, f"plugin file not found: {item}")
-        paths.append(path)
-    return paths
-
-
-def _locate_plugin_error(exc: PluginError, recipe: Recipe, paths: list[Path]) -> MMCoreError:
-    """A recipe plugin that failed to load: the error located at its ``plugins:`` entry and at the plugin's line."""
-    for index, path in enumerate(paths):
-        if str(path) not in str(exc):
-            continue
-        cause = exc.__cause__
-        if cause is None:
-            return recipe.error(("plugins", str(index)), str(exc))
-        # SyntaxError's text already names the file and line; otherwise the plugin's deepest frame does.
-        lines = [] if isinstance(cause, SyntaxError) else [
-            frame.lineno for frame in traceback.extract_tb(cause.__traceback__) if frame.filename == str(path)]
-        at = f" (at {path.name}:{lines[-1]})" if lines else ""
-        return recipe.error(("plugins", str(index)),
-                            f"plugin file {path} failed to import: {type(cause).__name__}: {cause}{at}")
-    return exc
-
-
-def prepare_recipe(path: str | Path, overrides: tuple[str, ...] = (),
-                   loggers: tuple[str, ...] = ()) -> tuple[Recipe, Plugins, dict[str, Any]]:
-    """Load a recipe, load the plugins it names, validate it: (recipe, plugins, resolved). ``loggers``
-    (``--logger``) are added to the recipe's ``loggers`` with their default options, unless it names them."""
-    from mmcore.loggers import enable_loggers
-    from mmcore.recipe import load_recipe
-    from mmcore.validate import resolve
-
-    recipe = load_recipe(path, overrides)
-    enable_loggers(recipe, loggers)
-    plugin_paths = recipe_plugin_paths(recipe)
-    try:
-        plugins = load_plugins(plugin_paths)
-    except PluginError as exc:
-        raise _locate_plugin_error(exc, recipe, plugin_paths) from None
-    resolved = resolve(recipe, plugins.registry)
-    resolved["plugins"] = [str(p) for p in plugin_paths]
-    return recipe, plugins, resolved
-
-
-set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                          help="Override a recipe value, e.g. --set stages.token.epochs=2 (repeatable); a mapping "
-                               "value merges key by key (--set backbone={hidden_size: 64}), KEY:=VALUE replaces.")
 
 
 @main.command()
@@ -157,7 +77,8 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], seed_overrides: tu
     from mmcore.recipe import dump_recipe
     from mmcore.rundir import RunDir, atomic_write_text
     from mmcore.seeds import GROUP_RECIPE, is_group, refresh_group
-    from mmcore.summary import SINGLE_SEED_NOTE, evaluation_rows, paper_rows, rich_table, stage_rows
+    from mmcore.layout import Layout
+    from mmcore.summary import SINGLE_SEED_NOTE, evaluation_rows, results_rows, rich_table, stage_rows
     from mmcore.validate import strip_private
 
     overrides = (*overrides, *seed_overrides)
@@ -194,16 +115,17 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], seed_overrides: tu
             _remove_unstarted(run_dir.path)
         raise
     if is_group(run_dir.path.parent):  # one seed of a group resumed on its own: keep the group's aggregate current
-        refresh_group(run_dir.path.parent)
+        refresh_group(run_dir.path.parent, Layout.of(plugins.registry))
     if not run_dir.main:  # under torchrun, rank 0 prints the tables
         return
-    console = _stdout_console()
+    console = stdout_console()
+    layout = Layout.of(plugins.registry)
     header, rows = stage_rows(results)
     if rows:  # a recipe without stages (fine-tuning only) has no pre-training to show
         console.print(rich_table("pre-training", header, rows))
-    console.print(rich_table(f"results (%) — {run_dir.path}", *evaluation_rows(results)))
+    console.print(rich_table(f"results (%) — {run_dir.path}", *evaluation_rows(results, layout)))
     console.print(f"{SINGLE_SEED_NOTE}; for intervals over training seeds, run with --seeds 0,1,2", highlight=False)
-    console.print(rich_table("as in the paper's Tables 2-3 (%)", *paper_rows(str(resolved["name"]), results)))
+    console.print(rich_table("main results (%)", *results_rows(str(resolved["name"]), results, layout)))
 
 
 def _run_many(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path | None, run_name: str | None,
@@ -224,7 +146,7 @@ def _run_many(recipes: tuple[str, ...], overrides: tuple[str, ...], resume: Path
     if not distributed.current().is_main:  # under torchrun, rank 0 prints the table
         return
     rows = [[o.name, o.status, str(o.path)] for o in outcomes]
-    out = _stdout_console()
+    out = stdout_console()
     out.print(rich_table(f"{len(outcomes)} recipes", ["recipe", "status", "run directory"], rows))
     parents = sorted({str(o.path.parent.parent) for o in outcomes})
     out.print("compare them: mmcore report " + " ".join(f"{p}/*" for p in parents), highlight=False)

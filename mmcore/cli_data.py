@@ -250,13 +250,15 @@ def _import_vilbert(path: Path, stores: list[FeatureStore], output: Path, top: i
 
 
 def _echo_hubness(pool: np.ndarray) -> None:
-    """How much the file's hubs let ITM_HS be learned from the image alone (mmcore.data.hubness)."""
+    """How much the file's hubs let a matching task that draws its mismatches from the lists be learned from the
+    image alone (mmcore.data.hubness)."""
     if pool.size == 0:
         return
     uniform = text_blind_loss(pool)
     balanced = text_blind_loss(pool, balancing_weights(pool, len(pool)))
-    click.echo(f"text-blind ITM_HS loss floor (ln 2 = {math.log(2):.3f}: the image alone says nothing): "
-               f"{uniform:.3f} with uniform draws, {balanced:.3f} with itm_hs balance_negatives: true")
+    click.echo(f"text-blind matching loss floor (ln 2 = {math.log(2):.3f}: the image alone says nothing): "
+               f"{uniform:.3f} with uniform draws from the lists, {balanced:.3f} with balanced draws "
+               f"(1 / how many lists an image is in)")
 
 
 def _add_dataset_commands() -> None:

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from mmcore.errors import MMCoreError, did_you_mean
+from mmcore.layout import Layout
 from mmcore.progress import Reporter
 from mmcore.recipe import parse_yaml
 from mmcore.rundir import RunDir, atomic_write_text
@@ -95,7 +96,8 @@ def evaluate(target: Path, head_name: str, data_spec: str, recipe_path: Path | N
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     stdout_console().print(rich_table(f"{label} — {dataset}/{view}/{split} (%)",
                                        *evaluation_rows({label: {"kind": found.kind, "split": split,
-                                                                 "metrics": metrics}})))
+                                                                 "metrics": metrics}},
+                                                       Layout.of(plugins.registry))))
     err_console.print(f"wrote {out}", highlight=False, soft_wrap=True)
 
 
@@ -103,7 +105,7 @@ def parse_data(spec: str) -> tuple[str, str, str]:
     """``DATASET:VIEW[:SPLIT]`` -> (dataset, view, split); split defaults to ``test``."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not all(parts):
-        raise MMCoreError(f"--data {spec!r}: expected DATASET:VIEW or DATASET:VIEW:SPLIT, e.g. synthworld:retrieval:test")
+        raise MMCoreError(f"--data {spec!r}: expected DATASET:VIEW or DATASET:VIEW:SPLIT, e.g. mydata:captions:test")
     return parts[0], parts[1], parts[2] if len(parts) == 3 else "test"
 
 

@@ -23,9 +23,10 @@ def export(target: Path, out: Path, stage: str | None, finetune: str | None, ove
 
     TARGET is a run directory or a checkpoint file inside one.
     """
-    from mmcore.cli import err_console, prepare_recipe
+    from mmcore.console import err_console
     from mmcore.export import RESOLVED, export as export_run, find_source, run_of
     from mmcore.progress import Reporter
+    from mmcore.recipeload import prepare_recipe
 
     if stage is not None and finetune is not None:
         raise MMCoreError("give --stage or --finetune, not both")

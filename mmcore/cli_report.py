@@ -15,6 +15,7 @@ from mmcore.report import (
     PLOTS_HINT,
     collect,
     in_table_order,
+    layout_for,
     plots_available,
     row_columns,
     table,
@@ -31,13 +32,13 @@ from mmcore.summary import INTERVAL_LEGEND, rich_table
 @click.option("--baseline", metavar="RECIPE",
               help="Also show each recipe's difference to this reported recipe, paired by seed, with its 95% interval.")
 def report(run_dirs: tuple[Path, ...], out: Path, no_plots: bool, baseline: str | None) -> None:
-    """Compare runs like the paper's Table 4: stages, tasks, downstream metrics; write report.md and plots.
+    """Compare runs: stages, tasks, downstream metrics (the columns their heads declare); write report.md and plots.
 
     Each RUN_DIR is a run directory or seed group, a recipe's directory of those (its newest complete one is
     used) or a parent of those, e.g. mmcore report runs/ablations/*. A seed group's metrics show the mean ±
     std [95% t interval] over its seeds.
     """
-    from mmcore.cli import _stdout_console
+    from mmcore.console import stdout_console
 
     err = Console(stderr=True)
     # A shell glob over a batch's parent also matches its files (a log kept beside the runs): say so, go on.
@@ -49,7 +50,8 @@ def report(run_dirs: tuple[Path, ...], out: Path, no_plots: bool, baseline: str 
         raise click.UsageError("no run directories given (only files)")
     runs = collect(run_dirs, note=lambda text: err.print(f"[dim]{escape(text)}[/dim]"))
     base = find_baseline(runs, baseline) if baseline is not None else None
-    header, rows = table(runs, bold=lambda s: f"[bold]{s}[/bold]")
+    layout = layout_for(runs)
+    header, rows = table(runs, layout, bold=lambda s: f"[bold]{s}[/bold]")
     # Recipe names and curricula are data, not markup; the metric cells carry the bold markup.
     rows = [[escape(c) if index < len(BASE_HEADER) else c for index, c in enumerate(row)] for row in rows]
     grid = Table(title=f"{len(runs)} run{'s' if len(runs) != 1 else ''} (metrics in %)")
@@ -57,14 +59,14 @@ def report(run_dirs: tuple[Path, ...], out: Path, no_plots: bool, baseline: str 
         grid.add_column(escape(column), justify="left" if index < len(BASE_HEADER) else "right")
     for row in rows:
         grid.add_row(*row)
-    console = _stdout_console()
+    console = stdout_console()
     console.print(grid)
     console.print(f"{INTERVAL_LEGEND}.", highlight=False)
     if base is not None:
         console.print(rich_table(f"paired differences to {escape(base.label)} (percentage points)",
-                                 *difference_table(in_table_order(runs), base, row_columns(runs))))
+                                 *difference_table(in_table_order(runs), base, row_columns(runs, layout))))
         console.print(f"{DIFFERENCE_LEGEND}.", highlight=False)
-    written = write_report(runs, out, plots=not no_plots, baseline=baseline)
+    written = write_report(runs, out, layout, plots=not no_plots, baseline=baseline)
     err.print(escape(f"wrote {', '.join(str(p) for p in written)}"), highlight=False)
     if not no_plots and not plots_available():
         err.print(f"[yellow]no plots: {escape(PLOTS_HINT)}[/yellow]")

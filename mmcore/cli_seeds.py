@@ -37,8 +37,9 @@ def run_seed_group(plugins: Plugins, resolved: dict[str, Any], *, resume: Path |
                    threads: int | None = None) -> None:
     """Run (or, with ``resume``, finish) a seed group and print its seeds and the aggregate tables."""
     # Imported here: cli.py imports this module for --seeds, and `mmcore --help` must not load torch or numpy.
-    from mmcore.aggregate import aggregate_rows, paper_summary_rows, stage_loss_rows
-    from mmcore.cli import _stdout_console
+    from mmcore.aggregate import aggregate_rows, results_summary_rows, stage_loss_rows
+    from mmcore.console import stdout_console
+    from mmcore.layout import Layout
     from mmcore.rundir import RunDir
     from mmcore.seeds import run_group
     from mmcore.summary import INTERVAL_LEGEND, rich_table
@@ -55,11 +56,11 @@ def run_seed_group(plugins: Plugins, resolved: dict[str, Any], *, resume: Path |
                                     reporter=reporter, threads=threads)
     if not group.main:  # under torchrun, rank 0 prints the tables
         return
-    out = _stdout_console()
+    out = stdout_console()
+    layout = Layout.of(plugins.registry)
     out.print(rich_table(f"{len(outcomes)} seeds", ["seed", "status", "run directory"],
                          [[str(o.seed), o.status, str(o.path)] for o in outcomes]))
     out.print(rich_table("pre-training over seeds", *stage_loss_rows(aggregate)))
-    out.print(rich_table(f"results (%) over seeds — {group.path}", *aggregate_rows(aggregate)))
-    out.print(rich_table("as in the paper's Tables 2-3 (%), over seeds",
-                         *paper_summary_rows(resolved["name"], aggregate)))
+    out.print(rich_table(f"results (%) over seeds — {group.path}", *aggregate_rows(aggregate, layout)))
+    out.print(rich_table("main results (%), over seeds", *results_summary_rows(resolved["name"], aggregate, layout)))
     out.print(f"{INTERVAL_LEGEND}.", highlight=False)

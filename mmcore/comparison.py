@@ -7,17 +7,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mmcore.errors import MMCoreError
+from mmcore.layout import Column, evaluation_of, value_of
 from mmcore.stats import Summary, paired_difference, summarize
 from mmcore.summary import summary_cell, value_cell
 
-if TYPE_CHECKING:
-    from mmcore.report import Column, RunInfo
-
 DIFFERENCE_LEGEND = ("paired by seed: the mean difference to the baseline in percentage points, with its 95% "
                      "Student-t interval over the n seeds both have; * marks an interval that excludes zero")
+
+
+@dataclass
+class RunInfo:
+    """One run directory as a comparison sees it."""
+
+    path: Path
+    recipe: dict[str, Any]
+    results: dict[str, Any]
+    label: str = ""
+    missing: list[str] = field(default_factory=list)
+
+    def evaluation(self, column: Column) -> dict[str, Any] | None:
+        """The results entry a column reads, if the run has it."""
+        return evaluation_of(self.results, column)
+
+    def value(self, column: Column) -> float | None:
+        """The column's metric as a fraction, or None (not evaluated, skipped, or absent)."""
+        return value_of(self.results, column)
 
 
 @dataclass

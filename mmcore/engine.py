@@ -25,12 +25,14 @@ from mmcore.data.collate import Collator
 from mmcore.evalcontext import EvalContext
 from mmcore.errors import MMCoreError
 from mmcore.finetuning import finetune, start_state, started_from
+from mmcore.layout import Layout
 from mmcore.loggers import run_loggers
 from mmcore.machine import machine_fingerprint
 from mmcore.phases import phase
 from mmcore.plugins import Plugins
 from mmcore.progress import Reporter
 from mmcore.rundir import RunDir, fingerprint
+from mmcore.schema.keys import setting
 from mmcore.stats import query_intervals
 from mmcore.summary import write_summary
 from mmcore.threads import apply_threads, choose_threads
@@ -81,8 +83,8 @@ class Engine:
         choice = choose_threads(cli=cli, recipe=self.recipe.get("threads"))
         apply_threads(choice)
         self.results.setdefault("_run", {})["threads"] = choice.record()
-        self.reporter.message(f"[dim]{choice.threads} intra-op thread(s) ({choice.source})[/dim]")
         self.results["_run"]["machine"] = machine_fingerprint()  # what a bit-identical rerun needs besides the recipe
+        self.reporter.message(f"[dim]{choice.threads} intra-op thread(s) ({choice.source})[/dim]")
 
     # ----- data -------------------------------------------------------------------------------------------
     def dataset(self, name: str) -> Dataset:
@@ -167,7 +169,7 @@ class Engine:
         self.results.setdefault("_run", {})["seconds_this_session"] = round(time.perf_counter() - start, 1)
         self.run.write_results(self.results)
         if self.run.main:
-            write_summary(self.run, self.recipe, self.results)
+            write_summary(self.run, self.recipe, self.results, Layout.of(self.registry))
         return self.results
 
     def _record(self, name: str, result: dict[str, Any]) -> None:
@@ -272,7 +274,7 @@ class Engine:
             batch_size=stage["batch_size"], epochs=stage["epochs"], max_steps=stage["max_steps"], optim=stage["optim"],
             device=self.device, reporter=self.reporter, log_every=self.recipe["log_every"],
             log=lambda s, e, m: self.log(name, s, e, m), generators={"corrupt": generator},
-            precision=self.recipe.get("precision", "fp32"),
+            precision=setting(self.recipe, "precision"),
             **self.checkpointing(stage, files, partial, saved),
         )
         final = saved()
@@ -356,7 +358,7 @@ class Engine:
         head.eval()
         with EvalContext(Collator(self.tokenizer, item["max_text_len"]), self.device,
                          self.recipe["eval_batch_size"], self.reporter, scratch) as ctx, torch.no_grad(), \
-                autocast(self.device, self.recipe.get("precision", "fp32")):
+                autocast(self.device, setting(self.recipe, "precision")):
             metrics = call(self.registry, self.registry.get("head", head.name), "evaluate", head.evaluate,
                            backbone, views[0], ctx)
         return {k: float(v) for k, v in metrics.items()}

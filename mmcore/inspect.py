@@ -24,7 +24,7 @@ from mmcore.checkpointing import check_fits, read_checkpoint
 from mmcore.data.collate import Collator, to_device
 from mmcore.errors import MMCoreError
 from mmcore.finetuning import BEST, stage_state
-from mmcore.report import stage_label
+from mmcore.layout import Layout
 from mmcore.schema.keys import MAX_TEXT_LEN, setting
 from mmcore.training import autocast
 
@@ -90,17 +90,23 @@ class Inspection:
         return out
 
 
-def inspect_example(engine: Engine, question_id: str, caption_image: str | None = None, *, answer_head: str = "vqa",
-                    retrieval_head: str = "retrieval", split: str | None = None, k: int = TOP_K) -> Inspection:
+def inspect_example(engine: Engine, question_id: str, caption_image: str | None = None, *,
+                    answer_head: str | None = None, caption_head: str | None = None, split: str | None = None,
+                    k: int = TOP_K) -> Inspection:
     """Inspect question ``question_id`` (and image ``caption_image``, default the question's) in the run of
-    ``engine`` (built over the run's resolved recipe, with ``info`` and ``tokenizer`` set)."""
+    ``engine`` (built over the run's resolved recipe, with ``info`` and ``tokenizer`` set). The answer head
+    defaults to the first fine-tuned one that predicts labels, the caption head to the first evaluated one that
+    scores text-image pairs."""
     recipe = engine.recipe
+    answer_head = answer_head or first_head(engine, ("finetune",), "top_predictions")
+    caption_head = caption_head or first_head(engine, ("finetune", "zero_shot"), "pair_scores")
     stages = [s["name"] for s in recipe["stages"]]
     answer_items = [f for f in recipe["finetune"] if f["head"] == answer_head]
     if not answer_items:
         tunings = ", ".join(f"{f['name']} ({f['head']})" for f in recipe["finetune"]) or "none"
-        raise MMCoreError(f"{engine.run.path}: the run has no fine-tuning with head {answer_head!r} (fine-tunings: "
-                          f"{tunings}); --head picks another answer head")
+        wanted = "whose head predicts labels" if answer_head is None else f"with head {answer_head!r}"
+        raise MMCoreError(f"{engine.run.path}: the run has no fine-tuning {wanted} (fine-tunings: {tunings}); "
+                          f"--head picks another answer head")
     first = answer_items[0]
     split = split or first["eval_split"]
     data = first["data"][0]
@@ -113,10 +119,11 @@ def inspect_example(engine: Engine, question_id: str, caption_image: str | None 
     labeller = engine.build_head(first, {}, engine.build_backbone().hidden_size)  # untrained: reads targets only
     gold = labeller.gold_labels(batch)[0] if _implements(labeller, "gold_labels") else {}
     gold = dict(sorted(gold.items(), key=lambda pair: -pair[1]))  # the best-scored answer first
-    matcher = _Matcher(engine, retrieval_head, caption_image, str(example["img_id"]))
+    matcher = _Matcher(engine, caption_head, caption_image, str(example["img_id"]))
     rows = []
+    layout = Layout.of(engine.registry)
     for index_, stage in enumerate(stages or [None]):
-        curriculum = " → ".join(stage_label(s) for s in recipe["stages"][: index_ + 1]) or "vanilla"
+        curriculum = " → ".join(layout.stage_label(s) for s in recipe["stages"][: index_ + 1]) or "vanilla"
         item = _starting_from(answer_items, stage, stages)
         rows.append(StageRow(stage or NO_STAGES, curriculum, _answers(engine, item, batch, k), matcher.cell(stage)))
     return Inspection(str(engine.run.path), str(question_id), str(example["text"]), str(example["img_id"]), where,
@@ -140,9 +147,18 @@ def find_question(view: ExampleSource, question_id: str, where: str, finetune_di
                       "--split picks another split")
 
 
-def _implements(head: Head, method: str) -> bool:
+def _implements(head: Head | type[Head], method: str) -> bool:
     """Whether the head overrides the :class:`Head` default of ``method`` (which raises NotImplementedError)."""
-    return getattr(type(head), method) is not getattr(Head, method)
+    return getattr(head if isinstance(head, type) else type(head), method) is not getattr(Head, method)
+
+
+def first_head(engine: Engine, sections: Sequence[str], method: str) -> str | None:
+    """The head of the first entry of the recipe's ``sections`` whose class implements ``method``, if any."""
+    for section in sections:
+        for item in engine.recipe[section]:
+            if _implements(engine.registry.get("head", item["head"]).factory, method):
+                return str(item["head"])
+    return None
 
 
 def _starting_from(items: Sequence[dict[str, Any]], stage: str | None, stages: list[str]) -> dict[str, Any] | None:
@@ -196,7 +212,7 @@ def _answers(engine: Engine, item: dict[str, Any] | None, batch: Batch, k: int) 
 class _Matcher:
     """The retrieval side: which view and image, and each stage's first-ranked caption."""
 
-    def __init__(self, engine: Engine, head: str, image_id: str | None, question_image: str) -> None:
+    def __init__(self, engine: Engine, head: str | None, image_id: str | None, question_image: str) -> None:
         self.engine, self.head = engine, head
         recipe = engine.recipe
         self.tunings = [f for f in recipe["finetune"] if f["head"] == head]
@@ -220,7 +236,7 @@ class _Matcher:
             self.captions = list(self.view.captions)  # type: ignore[attr-defined]
             self.owners = list(self.view.caption_image)  # type: ignore[attr-defined]
         except AttributeError:
-            raise MMCoreError(f"{self.where} is not a retrieval view (images, captions, caption_image)") from None
+            raise MMCoreError(f"{self.where} is not a caption-ranking view (images, captions, caption_image)") from None
         if image_id is None:
             image_id = question_image if question_image in images else images[0]
         elif image_id not in images:
@@ -310,7 +326,7 @@ def markdown(ins: Inspection, png: str | None, no_png: str = "") -> str:
     lines += [f"| {r.stage} | {r.curriculum} | {r.answers.source or '–'} | {_md(answer_text(r.answers, ins.gold))} |"
               for r in ins.rows]
     if ins.caption_image is not None:
-        lines += ["", f"**Retrieval image** `{ins.caption_image}` ({ins.caption_data}); its captions: "
+        lines += ["", f"**Caption image** `{ins.caption_image}` ({ins.caption_data}); its captions: "
                   + "; ".join(f"“{c}”" for c in ins.gold_captions), "",
                   "| after stage | curriculum | matching head | top-1 caption among the split's |", "|---|---|---|---|"]
         lines += [f"| {r.stage} | {r.curriculum} | {r.caption.source or '–'} | {_md(caption_text(r.caption))} |"

@@ -10,76 +10,22 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmcore.comparison import DIFFERENCE_LEGEND, Row, difference_table, find_baseline
+from mmcore.comparison import DIFFERENCE_LEGEND, Row, RunInfo, difference_table, find_baseline
 from mmcore.data.fileio import atomic_path
 from mmcore.errors import MMCoreError
+from mmcore.layout import Column, Layout, headline_key
+from mmcore.plugins import load_plugins
 from mmcore.rundir import RunDir
-from mmcore.runmany import RESOLVED, is_complete, missing_parts, read_run, run_dirs_in
+from mmcore.runfinder import RESOLVED, is_complete, missing_parts, read_run, run_dirs_in
 from mmcore.seeds import GROUP_RECIPE, group_complete, group_recipe, group_runs, group_seeds, is_group
 from mmcore.summary import INTERVAL_LEGEND, markdown_table
 
-VIEW_LETTERS = {"token": "T", "phrase": "P", "sentence": "S"}
-TASK_ORDER = ["mlm", "mrfr", "moc", "tits", "itm_hs", "ifrs", "titp", "itm"]
 COUNT_WORDS = ["None", "Single", "Two", "Three"]
 PLOTS_HINT = 'matplotlib is not installed; pip install "mmcore-vlp[plots]" to draw them'
-
-
-@dataclass(frozen=True)
-class Column:
-    """A metric column: ``metric`` of the first evaluation of ``kind`` and ``head`` (or the one named ``name``)."""
-
-    label: str
-    kind: str
-    head: str
-    metric: str
-    name: str | None = None
-
-
-# Table 4's columns that synthworld can fill (IR/TR avg = mean of R@1, R@5, R@10), then R@1 of each.
-HEADLINE = [
-    Column("VQA acc", "finetune", "vqa", "accuracy"),
-    Column("IR avg", "finetune", "retrieval", "ir_mean"),
-    Column("ZS-IR avg", "zero_shot", "retrieval", "ir_mean"),
-    Column("TR avg", "finetune", "retrieval", "tr_mean"),
-    Column("ZS-TR avg", "zero_shot", "retrieval", "tr_mean"),
-    Column("IR R@1", "finetune", "retrieval", "ir_r1"),
-    Column("ZS-IR R@1", "zero_shot", "retrieval", "ir_r1"),
-    Column("TR R@1", "finetune", "retrieval", "tr_r1"),
-    Column("ZS-TR R@1", "zero_shot", "retrieval", "tr_r1"),
-]
 BASE_HEADER = ["recipe", "stage count", "stages used", "tasks", "n (seeds)"]
-
-
-@dataclass
-class RunInfo:
-    """One run directory as the report sees it."""
-
-    path: Path
-    recipe: dict[str, Any]
-    results: dict[str, Any]
-    label: str = ""
-    missing: list[str] = field(default_factory=list)
-
-    def evaluation(self, column: Column) -> dict[str, Any] | None:
-        """The results entry a column reads, if the run has it."""
-        for name, result in self.results.items():
-            if name.startswith("_") or not isinstance(result, dict):
-                continue
-            if column.name is not None and name == column.name:
-                return result
-            if column.name is None and _headline(result) == (column.kind, column.head):
-                return result
-        return None
-
-    def value(self, column: Column) -> float | None:
-        """The column's metric as a fraction, or None (not evaluated, skipped, or absent)."""
-        result = self.evaluation(column)
-        value = (result or {}).get("metrics", {}).get(column.metric)
-        return float(value) if isinstance(value, (int, float)) else None
 
 
 def load_run(path: Path) -> RunInfo:
@@ -148,38 +94,33 @@ def _unique_labels(rows: list[Row]) -> None:
             row.label = f"{row.label} ({row.path.name})"
 
 
-def stage_label(stage: dict[str, Any]) -> str:
-    """A stage's views as Table 4 writes them: ``S`` for one view, ``T + P + S`` for a mixture."""
-    return " + ".join(VIEW_LETTERS.get(str(d.get("view")), str(d.get("view"))) for d in stage.get("data") or [])
+def layout_for(rows: Sequence[Row]) -> Layout:
+    """The table layout of the installed plugins and of the plugin files the rows' recipes name (those that still
+    exist), so a head or task of either is shown as its plugin declares."""
+    files = dict.fromkeys(str(p) for row in rows for p in row.recipe.get("plugins") or [] if Path(str(p)).is_file())
+    return Layout.of(load_plugins(list(files)).registry)
 
 
-def curriculum(recipe: dict[str, Any]) -> tuple[str, str, str]:
-    """(stage count, stages used, tasks) of a resolved recipe, in Table 4's words and paper task order."""
+def curriculum(recipe: dict[str, Any], layout: Layout) -> tuple[str, str, str]:
+    """(stage count, stages used, tasks) of a resolved recipe: views by their labels, tasks by their display names
+    in their declared order (for the built-in plugins, Table 4's words)."""
     stages = recipe.get("stages") or []
     count = COUNT_WORDS[len(stages)] if len(stages) < len(COUNT_WORDS) else str(len(stages))
-    used = " → ".join(stage_label(s) for s in stages) or "vanilla"
-    names: list[str] = []
-    for stage in stages:
-        names += [n for n in stage.get("tasks") or {} if n not in names]
-    names.sort(key=lambda n: TASK_ORDER.index(n) if n in TASK_ORDER else len(TASK_ORDER))
-    return count, used, " ".join(n.upper() for n in names) or "–"
+    used = " → ".join(layout.stage_label(s) for s in stages) or "vanilla"
+    names = layout.ordered_tasks(n for stage in stages for n in stage.get("tasks") or {})
+    return count, used, " ".join(layout.task_label(n) for n in names) or "–"
 
 
-def _headline(result: dict[str, Any]) -> tuple[str, str] | None:
-    """(kind, head) of an evaluation from the final pre-trained weights; one from an earlier stage (``init``) gets
-    its own columns instead, so a headline number always means "after the whole curriculum"."""
-    return None if "init" in result else (str(result.get("kind")), str(result.get("head")))
-
-
-def columns(runs: Sequence[RunInfo]) -> list[Column]:
-    """The headline columns any run has a value for, then every metric of other evaluations (by name)."""
-    out = [c for c in HEADLINE if any(run.value(c) is not None for run in runs)]
-    headline_kinds = {(c.kind, c.head) for c in HEADLINE}
+def columns(runs: Sequence[RunInfo], layout: Layout) -> list[Column]:
+    """The heads' headline columns any run has a value for, then every metric of other evaluations (by name)."""
+    headline = layout.headline_columns()
+    out = [c for c in headline if any(run.value(c) is not None for run in runs)]
+    headline_kinds = {(c.kind, c.head) for c in headline}
     for run in runs:
         for name, result in run.results.items():
             if name.startswith("_") or not isinstance(result, dict):
                 continue
-            if _headline(result) in headline_kinds:
+            if headline_key(result) in headline_kinds:
                 continue
             for metric in result.get("metrics", {}):
                 column = Column(f"{name} {metric}", str(result.get("kind")), str(result.get("head")), metric, name)
@@ -193,15 +134,16 @@ def in_table_order(rows: Sequence[Row]) -> list[Row]:
     return sorted(rows, key=lambda row: len(row.recipe.get("stages") or []))
 
 
-def row_columns(rows: Sequence[Row]) -> list[Column]:
+def row_columns(rows: Sequence[Row], layout: Layout) -> list[Column]:
     """:func:`columns` over every seed's run of every row."""
-    return columns([run for row in rows for run in row.runs.values()])
+    return columns([run for row in rows for run in row.runs.values()], layout)
 
 
-def table(rows: Sequence[Row], bold: Callable[[str], str] = lambda s: s) -> tuple[list[str], list[list[str]]]:
+def table(rows: Sequence[Row], layout: Layout,
+          bold: Callable[[str], str] = lambda s: s) -> tuple[list[str], list[list[str]]]:
     """Header and rows (metrics in %: mean ± std [95% CI] over seeds, or one run's value) in
     :func:`in_table_order`; a column's best mean, where several rows have one, passes through ``bold``."""
-    cols = row_columns(rows)
+    cols = row_columns(rows, layout)
     best = {}
     for column in cols:
         means = [s.mean for s in (row.summary(column) for row in rows) if s is not None]
@@ -213,7 +155,7 @@ def table(rows: Sequence[Row], bold: Callable[[str], str] = lambda s: s) -> tupl
         for column in cols:
             summary, text = row.summary(column), row.cell(column)
             cells.append(bold(text) if summary is not None and summary.mean == best[column] else text)
-        out.append([name, *curriculum(row.recipe), row.seeds_cell(), *cells])
+        out.append([name, *curriculum(row.recipe, layout), row.seeds_cell(), *cells])
     return [*BASE_HEADER, *(c.label for c in cols)], out
 
 
@@ -245,34 +187,35 @@ def _file_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "run"
 
 
-def write_report(rows: Sequence[Row], out: Path, plots: bool = True, baseline: str | None = None) -> list[Path]:
+def write_report(rows: Sequence[Row], out: Path, layout: Layout, plots: bool = True,
+                 baseline: str | None = None) -> list[Path]:
     """Write ``report.md`` (and the PNG plots when ``plots`` and matplotlib allow) into ``out``; return the files.
     With ``baseline`` (a reported recipe's name) it adds every other recipe's paired difference to it."""
-    header, table_rows = table(rows, bold=lambda s: f"**{s}**")
+    header, table_rows = table(rows, layout, bold=lambda s: f"**{s}**")
     figure = _figure_class() if plots else None
     written: list[Path] = []
     images: list[tuple[str, str]] = []
     if figure is not None:
-        bars = _plot_downstream(figure, rows, out / "downstream.png")
+        bars = _plot_downstream(figure, rows, out / "downstream.png", layout)
         if bars is not None:
             written.append(bars)
             images.append(("Downstream metrics (%), error bars: 95% intervals", bars.name))
         for row in (row for row in in_table_order(rows) if row.runs):
             seed = min(row.runs)  # one seed's curves: every seed's would overlap into one band
-            path = _plot_losses(figure, row.runs[seed], out / f"losses_{_file_name(row.label)}.png")
+            path = _plot_losses(figure, row.runs[seed], out / f"losses_{_file_name(row.label)}.png", layout)
             if path is not None:
                 written.append(path)
                 images.append((f"Pre-training losses: {row.label}" + (f" (seed {seed})" if len(row.runs) > 1 else ""),
                                path.name))
+    notes = "".join(f"{note}; " for note in layout.descriptions(row_columns(rows, layout)))
     lines = ["# Pre-training ablations", "",
-             ("Metrics in % on each evaluation's split. IR/TR avg: mean of R@1, R@5 and R@10 (as in the paper's "
-              "Table 4); ZS: zero-shot, from the pre-trained image-text matching head; –: not evaluated or skipped; "
-              f"the best mean of each column is bold. Cells: {INTERVAL_LEGEND}."), "",
+             (f"Metrics in % on each evaluation's split. {notes}ZS: zero-shot, evaluated without fine-tuning; "
+              f"–: not evaluated or skipped; the best mean of each column is bold. Cells: {INTERVAL_LEGEND}."), "",
              markdown_table(header, table_rows), ""]
     if baseline is not None:
         base = find_baseline(rows, baseline)
         lines += [f"## Paired differences to {base.label}", "", f"{DIFFERENCE_LEGEND}.", "",
-                  markdown_table(*difference_table(in_table_order(rows), base, row_columns(rows))), ""]
+                  markdown_table(*difference_table(in_table_order(rows), base, row_columns(rows, layout))), ""]
     lines += ["## Runs", ""]
     for row in in_table_order(rows):
         state = "complete" if not row.missing else f"incomplete, missing: {', '.join(row.missing)}"
@@ -318,8 +261,9 @@ def _error_bar(row: Row, column: Column) -> tuple[float, float, float] | None:
     return 100 * summary.mean, 100 * (summary.mean - low), 100 * (high - summary.mean)
 
 
-def _plot_downstream(figure: Any, rows: Sequence[Row], path: Path) -> Path | None:
-    cols = [c for c in row_columns(rows) if c in HEADLINE] or row_columns(rows)
+def _plot_downstream(figure: Any, rows: Sequence[Row], path: Path, layout: Layout) -> Path | None:
+    headline = layout.headline_columns()
+    cols = [c for c in row_columns(rows, layout) if c in headline] or row_columns(rows, layout)
     if not cols:
         return None
     rows = in_table_order(rows)
@@ -338,16 +282,16 @@ def _plot_downstream(figure: Any, rows: Sequence[Row], path: Path) -> Path | Non
     return _save(fig, path)
 
 
-def _plot_losses(figure: Any, run: RunInfo, path: Path) -> Path | None:
+def _plot_losses(figure: Any, run: RunInfo, path: Path, layout: Layout) -> Path | None:
     curves = loss_curves(run)
     if not curves:
         return None
-    views = {s["name"]: stage_label(s) for s in run.recipe.get("stages") or []}
+    views = {s["name"]: layout.stage_label(s) for s in run.recipe.get("stages") or []}
     fig = figure(figsize=(4.5 * len(curves), 3.6), layout="constrained")
     axes = fig.subplots(1, len(curves), squeeze=False)[0]
     for ax, (stage, tasks) in zip(axes, curves.items()):
         for task, (steps, losses) in tasks.items():
-            ax.plot(steps, losses, label=task.upper())
+            ax.plot(steps, losses, label=layout.task_label(task))
         # IFRS sits ~25x above the other losses at CPU width; a log axis keeps every curve readable.
         if all(v > 0 for _, losses in tasks.values() for v in losses):
             ax.set_yscale("log")

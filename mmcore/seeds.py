@@ -17,10 +17,11 @@ from typing import Any
 
 from mmcore.aggregate import aggregate_results, write_group_summary
 from mmcore.errors import MMCoreError
+from mmcore.layout import Layout
 from mmcore.plugins import Plugins
 from mmcore.progress import Reporter
 from mmcore.recipe import dump_recipe, parse_yaml
-from mmcore.runmany import RESOLVED, is_complete, same_recipe
+from mmcore.runfinder import RESOLVED, is_complete, same_recipe
 from mmcore.rundir import RunDir, atomic_write_text
 from mmcore.validate import strip_private
 
@@ -136,8 +137,8 @@ def run_group(plugins: Plugins, resolved: dict[str, Any], group: RunDir, *, over
         reporter.message(f"{head} → {run_dir.path}" + (" (resuming)" if status == "resumed" else ""))
         Engine(recipe, plugins, run_dir, reporter, cache_dir, threads).execute()
         outcomes.append(SeedOutcome(seed, status, run_dir.path))
-        write_aggregate(group, resolved)
-    return outcomes, write_aggregate(group, resolved)
+        write_aggregate(group, resolved, Layout.of(plugins.registry))
+    return outcomes, write_aggregate(group, resolved, Layout.of(plugins.registry))
 
 
 def run_group_in_batch(plugins: Plugins, resolved: dict[str, Any], parent: Path, *, run_name: str | None,
@@ -162,23 +163,23 @@ def group_status(outcomes: list[SeedOutcome]) -> str:
     return f"{overall} ({', '.join(f'seed {o.seed} {o.status}' for o in outcomes)})"
 
 
-def write_aggregate(group: RunDir, resolved: dict[str, Any]) -> dict[str, Any]:
+def write_aggregate(group: RunDir, resolved: dict[str, Any], layout: Layout) -> dict[str, Any]:
     """Write the group's aggregate ``results.json`` and ``summary.md`` from its seeds' results; return the aggregate."""
     runs = {seed: p for seed, p in group_runs(group.path).items() if seed in resolved["seeds"]}
     results = {seed: _results(path) for seed, path in runs.items()}
-    aggregate = aggregate_results({seed: r for seed, r in results.items() if r})
+    aggregate = aggregate_results({seed: r for seed, r in results.items() if r}, layout)
     aggregate["_seeds"] = [int(s) for s in resolved["seeds"]]
     aggregate["_runs"] = {str(seed): {"path": path.name, "complete": is_complete(path)} for seed, path in runs.items()}
     if group.main:
         group.write_results(aggregate)
         write_group_summary(group.path, resolved, aggregate,
-                            {seed: (path, is_complete(path)) for seed, path in runs.items()})
+                            {seed: (path, is_complete(path)) for seed, path in runs.items()}, layout)
     return aggregate
 
 
-def refresh_group(path: Path) -> None:
+def refresh_group(path: Path, layout: Layout) -> None:
     """Rewrite the aggregate of the seed group at ``path`` from its seeds' results (after one seed was resumed alone)."""
-    write_aggregate(RunDir(path), group_recipe(path))
+    write_aggregate(RunDir(path), group_recipe(path), layout)
 
 
 def _results(path: Path) -> dict[str, Any]:

@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from mmcore.layout import Layout, evaluation_of, value_of
 from mmcore.rundir import RunDir, atomic_write_text
 from mmcore.stats import Summary
-
-# Metrics shown first, in the order papers print them; anything else follows alphabetically.
-# question_only: the dataset's question-only baseline, shown beside the accuracy it is a floor for.
-METRIC_ORDER = ["accuracy", "question_only", "ir_r1", "ir_r5", "ir_r10", "tr_r1", "tr_r5", "tr_r10", "ir_mean",
-                "tr_mean", "tr_first_caption_r1", "tr_first_caption_r5", "tr_first_caption_r10"]
-METRIC_LABELS = {"accuracy": "Acc", "question_only": "Q-only", "ir_r1": "IR R@1", "ir_r5": "IR R@5",
-                 "ir_r10": "IR R@10", "tr_r1": "TR R@1", "tr_r5": "TR R@5", "tr_r10": "TR R@10", "ir_mean": "IR avg",
-                 "tr_mean": "TR avg",
-                 "tr_first_caption_r1": "TR-1st R@1", "tr_first_caption_r5": "TR-1st R@5",
-                 "tr_first_caption_r10": "TR-1st R@10"}
-
-# The paper's Tables 2-3 columns: (label, evaluation kind, head, metric).
-PAPER_COLUMNS: list[tuple[str, str, str, str]] = [
-    ("VQA acc", "finetune", "vqa", "accuracy"), ("GQA acc", "finetune", "gqa", "accuracy"),
-    ("NLVR2 acc", "finetune", "nlvr2", "accuracy"),
-    *((f"{d} R@{k}", "finetune", "retrieval", f"{d.lower()}_r{k}") for d in ("IR", "TR") for k in (1, 5, 10)),
-    *((f"ZS-{d} R@{k}", "zero_shot", "retrieval", f"{d.lower()}_r{k}") for d in ("IR", "TR") for k in (1, 5, 10)),
-]
-
 
 SINGLE_SEED_NOTE = ("one seed (n = 1): no ± or interval over seeds; (a–b): a 95% bootstrap interval over the test "
                     "queries")
 INTERVAL_LEGEND = ("mean ± sample std [95% Student-t interval of the mean] over n seeds; n = 1: a single seed, so no "
-                   "± (a retrieval metric then shows (a–b): its 95% bootstrap interval over the test queries)")
+                   "± (a metric whose head gives per-query values then shows (a–b): its 95% bootstrap interval over the "
+                   "test queries)")
 
 
 def summary_cell(summary: Summary, n_row: int | None = None) -> str:
@@ -52,16 +34,11 @@ def value_cell(value: float, interval: Any = None) -> str:
     return f"{100 * value:.2f}"
 
 
-def evaluation_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (one per evaluation, metrics in %) of a results dict."""
+def evaluation_rows(results: dict[str, Any], layout: Layout) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (one per evaluation, metrics in %, in the heads' declared order) of a results dict."""
     evaluations = {k: v for k, v in results.items() if not k.startswith("_")}
-    keys: list[str] = []
-    for result in evaluations.values():
-        for key in result.get("metrics", {}):
-            if key not in keys:
-                keys.append(key)
-    keys.sort(key=lambda k: (METRIC_ORDER.index(k) if k in METRIC_ORDER else len(METRIC_ORDER), k))
-    header = ["evaluation", "kind", "split", *[METRIC_LABELS.get(k, k) for k in keys]]
+    keys = layout.ordered_metrics(key for result in evaluations.values() for key in result.get("metrics", {}))
+    header = ["evaluation", "kind", "split", *[layout.metric_label(k) for k in keys]]
     rows = []
     for name, result in evaluations.items():
         metrics = result.get("metrics", {})
@@ -74,15 +51,11 @@ def evaluation_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]
     return header, rows
 
 
-def paper_rows(label: str, results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and the one row of a run in the columns of the paper's Tables 2-3 that the run has (metrics in %):
-    VQA, GQA and NLVR2 accuracy, fine-tuned IR/TR R@1/5/10, zero-shot IR/TR R@1/5/10; absent metrics blank."""
-    from mmcore.report import Column, RunInfo  # report builds on this module's tables
-
-    run = RunInfo(path=Path("."), recipe={}, results=results, label=label)
-    values = [(column, run.value(column)) for column in (Column(*spec) for spec in PAPER_COLUMNS)]
+def results_rows(label: str, results: dict[str, Any], layout: Layout) -> tuple[list[str], list[list[str]]]:
+    """Header and the one row of a run in the heads' results columns (:meth:`Layout.results_columns`) that the run
+    has (metrics in %); for the built-in heads, the paper's Tables 2-3. A metric absent from an evaluation: blank."""
     # A column where the run has that evaluation; a metric it lacks there stays blank.
-    shown = [(c, v) for c, v in values if run.evaluation(c) is not None]
+    shown = [(c, value_of(results, c)) for c in layout.results_columns() if evaluation_of(results, c) is not None]
     return ["run", *(c.label for c, _ in shown)], [[label, *("" if v is None else f"{100 * v:.2f}" for _, v in shown)]]
 
 
@@ -112,7 +85,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_summary(run: RunDir, recipe: dict[str, Any], results: dict[str, Any]) -> None:
+def write_summary(run: RunDir, recipe: dict[str, Any], results: dict[str, Any], layout: Layout) -> None:
     """Write ``summary.md``: the recipe's stages and tasks, the stage table and the evaluation table."""
     lines = [f"# {recipe['name']}", "", f"Run directory: `{run.path}`", "", "## Curriculum", ""]
     for stage in recipe["stages"]:
@@ -122,6 +95,6 @@ def write_summary(run: RunDir, recipe: dict[str, Any], results: dict[str, Any]) 
     if not recipe["stages"]:
         lines.append("- no pre-training")
     lines += ["", "## Pre-training", "", markdown_table(*stage_rows(results)), "",
-              "## Results (%)", "", markdown_table(*paper_rows(str(recipe["name"]), results)), "",
-              "## Evaluations (%)", "", f"{SINGLE_SEED_NOTE}.", "", markdown_table(*evaluation_rows(results)), ""]
+              "## Results (%)", "", markdown_table(*results_rows(str(recipe["name"]), results, layout)), "",
+              "## Evaluations (%)", "", f"{SINGLE_SEED_NOTE}.", "", markdown_table(*evaluation_rows(results, layout)), ""]
     atomic_write_text(run.path / "summary.md", "\n".join(lines))

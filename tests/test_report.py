@@ -11,8 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from mmcore.cli import main, prepare_recipe
+from mmcore.layout import Layout
+from mmcore.plugins import load_plugins
 from mmcore.report import RunInfo, columns, curriculum, load_run, loss_curves
-from mmcore.runmany import same_recipe
+from mmcore.runfinder import same_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -95,9 +97,10 @@ def ablation_files() -> list[Path]:
 @pytest.mark.parametrize("path", ablation_files(), ids=lambda p: p.stem)
 def test_ablation_recipe_validates_and_is_its_table4_row(path):
     cli(["validate", str(path)])
-    _, _, resolved = prepare_recipe(path)
+    _, plugins, resolved = prepare_recipe(path)
     assert resolved["name"] == path.stem
-    assert curriculum(resolved) == TABLE4[path.stem]
+    # The built-in plugins' declarations (task display order, view labels) lay out Table 4's words.
+    assert curriculum(resolved, Layout.of(plugins.registry)) == TABLE4[path.stem]
     # Same per-stage schedule as msp_tps for the same view (the joint stage: msp_tps's sentence batch and lr).
     _, _, main_recipe = prepare_recipe(ROOT / "recipes" / "msp_tps.yaml")
     by_view = {s["data"][0]["view"]: s for s in main_recipe["stages"]}
@@ -312,9 +315,10 @@ def test_headline_columns_read_the_fine_tuning_from_the_final_weights():
     results = {"vqa_after_token": {"kind": "finetune", "head": "vqa", "init": "token", "metrics": {"accuracy": 0.1}},
                "vqa": {"kind": "finetune", "head": "vqa", "metrics": {"accuracy": 0.5}}}
     run = RunInfo(Path("r"), {"name": "r", "stages": []}, results)
-    (vqa,) = [c for c in columns([run]) if c.label == "VQA acc"]
+    layout = Layout.of(load_plugins().registry)
+    (vqa,) = [c for c in columns([run], layout) if c.label == "VQA acc"]
     assert run.value(vqa) == 0.5
-    (early,) = [c for c in columns([run]) if c.name == "vqa_after_token"]
+    (early,) = [c for c in columns([run], layout) if c.name == "vqa_after_token"]
     assert run.value(early) == 0.1 and early.label == "vqa_after_token accuracy"
 
 

@@ -71,7 +71,7 @@ def test_aggregate_results_and_tables(group):
     row = f"| vqa | finetune | Acc | 3 | {100 * expected.mean:.2f} | {100 * expected.std:.2f} | " \
           f"[{100 * expected.low:.2f}, {100 * expected.high:.2f}] |"
     assert row in summary and "seed_2` (complete)" in summary
-    paper = summary[summary.index("## As in the paper's Tables 2-3"):]
+    paper = summary[summary.index("## Results (%)"):]
     header = paper[paper.index("| run |"):].splitlines()[0]
     assert header.startswith("| run | n | VQA acc | IR R@1 |") and "ZS-TR R@10 |" in header
     assert f"| tiny | 3 | {100 * expected.mean:.2f} ± {100 * expected.std:.2f} [{100 * expected.low:.2f}, " in paper

@@ -1,7 +1,7 @@
-"""Hubs in a hard-negative file, and the shortcut they give an image-text matching task.
+"""Statistics of a hard-negative file (any task's): its hub images, and the shortcut they give a matching task.
 
 Nearest-neighbour lists are lopsided: a few *hub* images sit in very many images' lists, others in none. When a
-matching task draws each mismatched image uniformly from the matched image's list (ITM_HS), hubs are shown far
+matching task draws each mismatched image uniformly from the matched image's list, hubs are shown far
 more often as mismatched than as matched, so a classifier can lower the loss by recognising the image alone,
 without reading the text. :func:`text_blind_loss` is the lowest loss such a classifier can reach; ln 2 means
 the image alone says nothing. :func:`balancing_weights` draws each list member in inverse proportion to the

@@ -1,5 +1,5 @@
-"""Generic views over a feature store: (text, image) pairs, VQA and GQA questions, NLVR2 statements about two
-images and retrieval captions.
+"""Generic views over a feature store: (text, image) pairs, questions over an answer table, statements about two
+images, and images with their captions for ranking.
 
 Every view implements :class:`mmcore.api.ExampleSource`. An example is ``{text, **visual fields of its image,
 **extras}``; the visual fields are fresh arrays, so tasks may modify them in place.
@@ -89,15 +89,15 @@ class PairView:
 
 class AnswerView(PairView):
     """Questions over an answer table; examples add ``<target_field>`` float32 [A] (the label's scores over
-    ``answers``) and ``question_id``. Answers outside the table are dropped from the target, as no classifier over
-    the table can predict them."""
-
-    target_field: str = ""
-    question_id_type: type = int
+    ``answers``) and ``question_id`` (of ``question_id_type``). Answers outside the table are dropped from the
+    target, as no classifier over the table can predict them. ``target_field`` is the field the answer head that
+    reads this view requires."""
 
     def __init__(self, records: Sequence[dict[str, Any]], answers: Sequence[str], store: FeatureStore,
-                 hard_negatives: Mapping[str, Sequence[str]] | None = None) -> None:
+                 hard_negatives: Mapping[str, Sequence[str]] | None = None, *, target_field: str,
+                 question_id_type: type = int) -> None:
         super().__init__([(r["img_id"], r["sent"]) for r in records], store, hard_negatives)
+        self.target_field, self.question_id_type = target_field, question_id_type
         self.answers = list(answers)
         self._answer_index = {a: i for i, a in enumerate(self.answers)}
         self.question_ids = [self.question_id_type(r["question_id"]) for r in records]
@@ -112,14 +112,9 @@ class AnswerView(PairView):
         return {self.target_field: target, "question_id": self.question_ids[index]}
 
 
-class VQAView(AnswerView):
-    """VQA questions: ``vqa_target`` holds soft scores; question ids are integers."""
-
-    target_field = "vqa_target"
-
-
-class RetrievalView(PairView):
-    """Caption-image retrieval: one positive pair per caption; examples add ``caption_index``, ``image_index``.
+class CaptionRankingView(PairView):
+    """Images with their captions, for ranking captions against images: one positive pair per caption; examples
+    add ``caption_index``, ``image_index``.
 
     ``images`` lists the images, ``captions`` every caption (image by image) and ``caption_image[c]`` the index
     into ``images`` of caption c's image.
@@ -129,7 +124,7 @@ class RetrievalView(PairView):
                  hard_negatives: Mapping[str, Sequence[str]] | None = None) -> None:
         self.images = [str(img_id) for img_id, _ in items]
         if len(set(self.images)) != len(self.images):
-            raise MMCoreError("retrieval view: an image is listed more than once")
+            raise MMCoreError("caption view: an image is listed more than once")
         self.captions = [str(c) for _, caps in items for c in caps]
         self.caption_image = [i for i, (_, caps) in enumerate(items) for _ in caps]
         self._by_image = {img_id: [str(c) for c in caps] for img_id, caps in items}
@@ -144,24 +139,19 @@ class RetrievalView(PairView):
         return {"caption_index": index, "image_index": self.caption_image[index]}
 
 
-class GQAView(AnswerView):
-    """GQA questions: ``gqa_target`` is 1.0 at the answer; question ids are strings, as GQA's are."""
+class TwoImageView:
+    """Statements about two images, true or false. An example is ``{text, **fields of img0, **fields of img1 with
+    the suffix _1, <label_field> (1 true, 0 false, -1 unlabelled), identifier}``; ``label_field`` is the field the
+    head that reads this view requires."""
 
-    target_field = "gqa_target"
-    question_id_type = str
-
-
-class NLVR2View:
-    """NLVR2 statements about two images. An example is ``{text, **fields of img0, **fields of img1 with the
-    suffix _1, nlvr2_label (1 true, 0 false, -1 unlabelled), identifier}``."""
-
-    def __init__(self, records: Sequence[dict[str, Any]], store: FeatureStore) -> None:
+    def __init__(self, records: Sequence[dict[str, Any]], store: FeatureStore, *, label_field: str) -> None:
         self.records = [dict(r) for r in records]
         self.store = store
+        self.label_field = label_field
         self._image_ids = list(dict.fromkeys(str(r[k]) for r in self.records for k in ("img0", "img1")))
         missing = [i for i in self._image_ids if i not in store]
         if missing:
-            raise MMCoreError(f"{len(missing)} image(s) of this NLVR2 view are not in the feature store {store.path}: "
+            raise MMCoreError(f"{len(missing)} image(s) of this two-image view are not in the feature store {store.path}: "
                               f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
 
     def __len__(self) -> int:
@@ -171,7 +161,7 @@ class NLVR2View:
         rec = self.records[index]
         second = {k + SECOND_IMAGE_SUFFIX: v for k, v in self.store.image(str(rec["img1"])).items()}
         return {"text": rec["sent"], **self.store.image(str(rec["img0"])), **second,
-                "nlvr2_label": int(rec.get("label", -1)), "identifier": str(rec["identifier"])}
+                self.label_field: int(rec.get("label", -1)), "identifier": str(rec["identifier"])}
 
     def image(self, img_id: str) -> Example:
         """The visual fields of one image (any image of the store)."""
@@ -195,7 +185,7 @@ class NLVR2View:
         return str(others[rng.randrange(len(others))])
 
     def hard_negatives(self, img_id: str) -> list[str]:
-        """None: NLVR2 pairs have no difficult-sample file."""
+        """None: statements about two images have no difficult-sample file."""
         return []
 
 

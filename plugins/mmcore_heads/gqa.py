@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from mmcore.api import Metric
 from mmcore_heads.metrics import exact_match_scores
 from mmcore_heads.predictions import QuestionId, write_gqa_predictions
 from mmcore_heads.vqa import AnswerHead
@@ -19,6 +20,11 @@ class GQAHead(AnswerHead):
 
     name: ClassVar[str] = "gqa"
     epochs: ClassVar[int] = 5  # the paper's fine-tuning epochs
+    metrics: ClassVar[tuple[Metric, ...]] = (
+        Metric("accuracy", "Acc", "GQA acc", results=True, primary=True),
+        Metric("question_only", "Q-only"),
+    )
+    display_order: ClassVar[int] = 20
     target_field: ClassVar[str] = "gqa_target"
     requires: ClassVar[frozenset[str]] = frozenset({"text", "visual_feats", "visual_pos", "gqa_target"})
     defaults: ClassVar[dict[str, Any]] = {**AnswerHead.defaults, "answers_key": "gqa"}

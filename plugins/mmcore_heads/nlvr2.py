@@ -18,6 +18,7 @@ from mmcore.api import (
     EvalContext,
     ExampleSource,
     Head,
+    Metric,
     Task,
     init_bert_,
 )
@@ -58,6 +59,8 @@ class NLVR2Head(Head):
 
     name: ClassVar[str] = "nlvr2"
     epochs: ClassVar[int] = 8  # the paper's fine-tuning epochs
+    metrics: ClassVar[tuple[Metric, ...]] = (Metric("accuracy", "Acc", "NLVR2 acc", results=True, primary=True),)
+    display_order: ClassVar[int] = 30
     requires: ClassVar[frozenset[str]] = frozenset(
         {"text", "visual_feats", "visual_pos", "visual_feats_1", "visual_pos_1", "nlvr2_label"}
     )

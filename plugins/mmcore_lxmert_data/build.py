@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mmcore.api import FOCUS_SPANS, ExampleSource
 from mmcore.data import annotations as ann
 from mmcore.data.views import (
-    GQAView,
-    NLVR2View,
+    AnswerView,
+    CaptionRankingView,
     PairView,
-    RetrievalView,
-    VQAView,
+    TwoImageView,
     WordMarker,
     phrase_descriptions,
     token_pairs,
@@ -140,8 +139,9 @@ def answer_view(ds: LxmertData, task: str, files: list[Path], union: StoreUnion,
     if removed:
         ds._warn(f"lxmert {task}/{split}: skipped {n(removed, 'answer')} not in the {len(answers):,}-answer table; "
                  f"{n(emptied, 'question')} left with no answer (target all zero)")
-    view_class = VQAView if task == "vqa" else GQAView
-    view = view_class(records, answers, union)  # type: ignore[arg-type]
+    # GQA's question ids are strings, VQA's integers.
+    view = AnswerView(records, answers, union, target_field=f"{task}_target",  # type: ignore[arg-type]
+                      question_id_type=int if task == "vqa" else str)
     return view, f"{n(len(view), 'question')} about {n(len(view.image_ids()), 'image')} {where}"
 
 
@@ -164,7 +164,7 @@ def nlvr2_view(ds: LxmertData, files: list[Path], union: StoreUnion, split: str,
     entries = [(path, i, (rec["img0"], rec["img1"]), rec) for path in files
                for i, rec in enumerate(ann.read_nlvr2(path))]
     records = present(ds, entries, union, f"nlvr2/{split}")
-    view = NLVR2View(records, union)  # type: ignore[arg-type]
+    view = TwoImageView(records, union, label_field="nlvr2_label")  # type: ignore[arg-type]
     true = sum(rec["label"] == 1 for rec in records)
     return view, (f"{n(len(view), 'statement')} ({true:,} true) about {n(len(view.image_ids()), 'image')} "
                   f"{where}")
@@ -182,5 +182,5 @@ def retrieval_view(ds: LxmertData, files: list[Path], union: StoreUnion, split: 
             entries.append((path, i, img_id, (img_id, captions)))
     items = present(ds, entries, union, f"retrieval/{split}")
     hard = ds.hard_negatives("retrieval_hard_negatives") if split == "train" else None
-    view = RetrievalView(items, union, hard)  # type: ignore[arg-type]
+    view = CaptionRankingView(items, union, hard)  # type: ignore[arg-type]
     return view, f"{n(len(view.images), 'image')}, {n(len(view.captions), 'caption')} {where}"

@@ -61,6 +61,7 @@ class Pairs(Dataset):
         "nlvr2": PAIR_FIELDS | SECOND_IMAGE_FIELDS | {"nlvr2_label", "identifier"},
         "retrieval": PAIR_FIELDS | {"caption_index", "image_index"},
     }
+    view_labels: ClassVar[dict[str, str]] = {"token": "T", "phrase": "P", "sentence": "S"}  # as in Table 4
 
     def __init__(self, options: dict[str, Any], cache_dir: Path) -> None:
         unknown = sorted(set(options) - set(self.defaults))

@@ -6,17 +6,18 @@ from typing import TYPE_CHECKING, Any
 
 from mmcore.api import ExampleSource
 from mmcore.data.userdata import Record
-from mmcore.data.views import GQAView, NLVR2View, PairView, RetrievalView, VQAView, phrase_descriptions, token_pairs
+from mmcore.data.views import (
+    AnswerView,
+    CaptionRankingView,
+    PairView,
+    TwoImageView,
+    phrase_descriptions,
+    token_pairs,
+)
 from mmcore.errors import MMCoreError
 
 if TYPE_CHECKING:
     from mmcore_pairs.dataset import Pairs
-
-
-class PairsVQAView(VQAView):
-    """VQA questions whose ids are strings (``<file>:<line>`` or the record's ``id``)."""
-
-    question_id_type = str
 
 
 def build_view(data: Pairs, name: str, split: str) -> ExampleSource:
@@ -34,7 +35,7 @@ def build_view(data: Pairs, name: str, split: str) -> ExampleSource:
         return PairView(token_pairs(store, data.object_names(), ids), store, hard)
     if name == "retrieval" and not notes.of("retrieval", split):
         items = _by_image(_records(data, "captions", split, "retrieval"))
-        return RetrievalView(list(items.items()), store, hard)
+        return CaptionRankingView(list(items.items()), store, hard)
     kind = {"phrase": "phrases", "sentence": "captions"}.get(name, name)
     records = _records(data, kind, split, name)
     if name == "sentence":
@@ -42,13 +43,14 @@ def build_view(data: Pairs, name: str, split: str) -> ExampleSource:
     if name == "phrase":
         return PairView(_phrase_pairs(data, records), store, hard)
     if name == "retrieval":
-        return RetrievalView([(r.images[0], r.data["texts"]) for r in records], store, hard)
+        return CaptionRankingView([(r.images[0], r.data["texts"]) for r in records], store, hard)
     if name == "nlvr2":
-        return NLVR2View([{"img0": r.images[0], "img1": r.images[1], "sent": r.text, **r.data} for r in records],
-                         store)
+        return TwoImageView([{"img0": r.images[0], "img1": r.images[1], "sent": r.text, **r.data} for r in records],
+                            store, label_field="nlvr2_label")
     rows = [{"img_id": r.images[0], "sent": r.text, "label": r.data["label"], "question_id": r.data["question_id"]}
             for r in records]
-    view: Any = (PairsVQAView if name == "vqa" else GQAView)(rows, data.answers(name), store, hard)
+    # Question ids are strings here (``<file>:<line>`` or the record's ``id``), for VQA too.
+    view: Any = AnswerView(rows, data.answers(name), store, hard, target_field=f"{name}_target", question_id_type=str)
     # Read by the answer heads: the baseline to beat, and the question types to score separately.
     view.question_only = data.question_only(name, split)
     view.question_types = [r.data.get("type") for r in records]

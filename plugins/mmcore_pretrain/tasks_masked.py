@@ -38,6 +38,7 @@ class MLMTask(Task):
     """
 
     name: ClassVar[str] = "mlm"
+    display_order: ClassVar[int] = 10  # the paper's task order (Table 4)
     requires: ClassVar[frozenset[str]] = FORWARD_FIELDS
     defaults: ClassVar[dict[str, Any]] = {"mask_prob": 0.15, "max_predictions": None, "mask_words": "focus"}
     option_types: ClassVar[dict[str, Any]] = {"max_predictions": int | None}
@@ -99,6 +100,7 @@ class MRFRTask(Task):
     """
 
     name: ClassVar[str] = "mrfr"
+    display_order: ClassVar[int] = 20  # the paper's task order (Table 4)
     requires: ClassVar[frozenset[str]] = FORWARD_FIELDS
     defaults: ClassVar[dict[str, Any]] = {"mask_prob": 0.15, "max_predictions": None}
     option_types: ClassVar[dict[str, Any]] = {"max_predictions": int | None}
@@ -136,6 +138,7 @@ class MOCTask(Task):
     """
 
     name: ClassVar[str] = "moc"
+    display_order: ClassVar[int] = 30  # the paper's task order (Table 4)
     requires: ClassVar[frozenset[str]] = FORWARD_FIELDS | {"obj_labels", "obj_conf", "attr_labels", "attr_conf"}
     defaults: ClassVar[dict[str, Any]] = {"mask_prob": 0.15, "masked_only": True, "max_predictions": None}
     option_types: ClassVar[dict[str, Any]] = {"max_predictions": int | None}

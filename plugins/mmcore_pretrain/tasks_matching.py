@@ -32,6 +32,7 @@ class ITMTask(Task):
     """Image-text matching: with ``replace_prob`` the text is one of another image; 2-way classifier on pooled."""
 
     name: ClassVar[str] = "itm"
+    display_order: ClassVar[int] = 80  # the paper's task order (Table 4)
     requires: ClassVar[frozenset[str]] = FORWARD_FIELDS | {"text", "img_id"}
     defaults: ClassVar[dict[str, Any]] = {"replace_prob": 0.5}
     order: ClassVar[int] = 0
@@ -65,6 +66,7 @@ class ITMHardSampleTask(ITMTask):
     """
 
     name: ClassVar[str] = "itm_hs"
+    display_order: ClassVar[int] = 50  # the paper's task order (Table 4)
     requires: ClassVar[frozenset[str]] = FORWARD_FIELDS | {"img_id"}
     defaults: ClassVar[dict[str, Any]] = {"replace_prob": 0.5, "top_m": 100, "balance_negatives": False}
     order: ClassVar[int] = 0

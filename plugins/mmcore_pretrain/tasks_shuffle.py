@@ -23,6 +23,7 @@ class IFRSTask(Task):
     """
 
     name: ClassVar[str] = "ifrs"
+    display_order: ClassVar[int] = 60  # the paper's task order (Table 4)
     requires: ClassVar[frozenset[str]] = FORWARD_FIELDS
     defaults: ClassVar[dict[str, Any]] = {"shuffle_prob": 0.05}
     order: ClassVar[int] = 20

@@ -25,6 +25,7 @@ class TITPTask(Task):
     """
 
     name: ClassVar[str] = "titp"
+    display_order: ClassVar[int] = 70  # the paper's task order (Table 4)
     requires: ClassVar[frozenset[str]] = FORWARD_FIELDS | {"obj_labels"}
     defaults: ClassVar[dict[str, Any]] = {}
     order: ClassVar[int] = 10
@@ -60,6 +61,7 @@ class TITSTask(TITPTask):
     """Topic of Image and Text (sentence): the same objective as TITP, named for the sentence stage."""
 
     name: ClassVar[str] = "tits"
+    display_order: ClassVar[int] = 40  # the paper's task order (Table 4)
 
 
 def _object_piece_table(info: DataInfo, specials: set[int]) -> Tensor:

@@ -24,11 +24,10 @@ from mmcore.data.hardneg import load_hard_negatives
 from mmcore.data.store import CACHE_MODES, FeatureStore
 from mmcore.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, word_token_ids
 from mmcore.data.views import (
-    GQAView,
-    NLVR2View,
+    AnswerView,
+    CaptionRankingView,
     PairView,
-    RetrievalView,
-    VQAView,
+    TwoImageView,
     WordMarker,
     phrase_descriptions,
     remove_verb_phrases,
@@ -86,6 +85,7 @@ class SynthWorld(Dataset):
         "gqa": PAIR_FIELDS | {"gqa_target", "question_id"},
         "nlvr2": PAIR_FIELDS | SECOND_IMAGE_FIELDS | {"nlvr2_label", "identifier"},
     }
+    view_labels: ClassVar[dict[str, str]] = {"token": "T", "phrase": "P", "sentence": "S"}  # as in Table 4
 
     def __init__(self, options: dict[str, Any], cache_dir: Path) -> None:
         unknown = sorted(set(options) - set(self.defaults))
@@ -238,15 +238,16 @@ class SynthWorld(Dataset):
             marker = WordMarker([*self.attribute_names(), *self.object_names()])
             return PairView(pairs, store, hard, extra=marker.extras([text for _, text in pairs]))
         if name == "vqa":
-            return VQAView(ann.read_vqa(root / f"vqa_{split}.json"), ann.read_answer_table(root), store, hard)
+            return AnswerView(ann.read_vqa(root / f"vqa_{split}.json"), ann.read_answer_table(root), store, hard,
+                              target_field="vqa_target")
         if name == "gqa":
-            return GQAView(ann.read_gqa(root / f"gqa_{split}.json"), ann.read_answer_file(root / GQA_ANSWERS), store,
-                           hard)
+            return AnswerView(ann.read_gqa(root / f"gqa_{split}.json"), ann.read_answer_file(root / GQA_ANSWERS),
+                              store, hard, target_field="gqa_target", question_id_type=str)  # GQA's ids are strings
         if name == "nlvr2":
-            return NLVR2View(ann.read_nlvr2(root / f"nlvr2_{split}.json"), store)
+            return TwoImageView(ann.read_nlvr2(root / f"nlvr2_{split}.json"), store, label_field="nlvr2_label")
         items = ann.read_retrieval(root / f"retrieval_{split}.json")
         hard = load_hard_negatives(root / "retrieval_hard_negatives.npz") if split == "train" else None
-        return RetrievalView(items, store, hard)
+        return CaptionRankingView(items, store, hard)
 
     def _phrase_pairs(self, records: list[dict[str, Any]]) -> list[tuple[str, str]]:
         """Raw VG phrases minus those with a verb (the world knows its verbs), grouped into descriptions."""

@@ -15,7 +15,8 @@ from mmcore.errors import MMCoreError
 @click.option("--stage", help="Export this pre-training stage's model (default: the run's last stage).")
 @click.option("--finetune", help="Export this fine-tuning's model (its selected epoch) and its head.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Data cache (default $MMCORE_CACHE).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Data cache (default $MMCORE_CACHE).")
 def export(target: Path, out: Path, stage: str | None, finetune: str | None, overwrite: bool,
            cache_dir: Path | None) -> None:
     """Export a run's model for transformers: OUT loads with LxmertModel.from_pretrained and

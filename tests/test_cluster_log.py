@@ -1,4 +1,5 @@
-"""A run whose output goes to a file (a cluster job's log): progress lines during a stage, whole lines, no empty table."""
+"""A run whose output goes to a file (a cluster job's log): progress lines during a stage, whole lines, and no
+empty table."""
 
 from __future__ import annotations
 
@@ -53,13 +54,13 @@ def test_a_logged_run_prints_progress_every_log_every_steps(tmp_path, cache):
     # log_every: 2 over 5 steps: steps 2 and 4, and the last one.
     assert [int(re.search(r"step (\d+)/5", line)[1]) for line in lines] == [2, 4, 5], text
     for line in lines:
-        assert re.search(r" · loss \d+\.\d{4} · [\d,]+ samples/s · mlm \d+\.\d{4} · mrfr \d+\.\d{4} · ETA \d+:\d\d:\d\d$",
-                         line), line
+        pattern = r" · loss \d+\.\d{4} · [\d,]+ samples/s · mlm \d+\.\d{4} · mrfr \d+\.\d{4} · ETA \d+:\d\d:\d\d$"
+        assert re.search(pattern, line), line
     assert "pre-training" in text  # the stage table
 
 
 def test_a_run_without_stages_prints_no_empty_pre_training_table(tmp_path, cache):
-    text = run_to_log(tmp_path, cache, write_recipe(tmp_path, RECIPE.replace("name: logged", "name: tuned"), "tuned.yaml"),
-                      "--set", "stages=[]")
+    recipe = write_recipe(tmp_path, RECIPE.replace("name: logged", "name: tuned"), "tuned.yaml")
+    text = run_to_log(tmp_path, cache, recipe, "--set", "stages=[]")
     assert "pre-training" not in text
     assert re.search(r"^fine-tune vqa: step 2/2 · loss \d+\.\d{4}", text, re.MULTILINE), text

@@ -70,4 +70,5 @@ def test_backbone_weights_by_hub_id_from_the_local_cache(hub, tmp_path, monkeypa
             torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
     with pytest.raises(MMCoreError) as info_error:
         factory({**options, "weights": "acme/absent"}, info)
-    assert "weights not found: acme/absent" in str(info_error.value) and "local Hugging Face cache" in str(info_error.value)
+    said = str(info_error.value)
+    assert "weights not found: acme/absent" in said and "local Hugging Face cache" in said

@@ -87,8 +87,8 @@ def test_help_version_and_completion_import_neither_torch_nor_plugins():
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stderr
     assert "Commands:" in proc.stdout and "export" in proc.stdout and "recipes" in proc.stdout
-    completion = _fresh("import sys\nfrom mmcore.cli import main\ntry:\n    main(prog_name='mmcore')\nexcept SystemExit:\n    pass\n"
-                        "print('HEAVY', 'torch' in sys.modules, file=sys.stderr)",
+    completion = _fresh("import sys\nfrom mmcore.cli import main\ntry:\n    main(prog_name='mmcore')\n"
+                        "except SystemExit:\n    pass\nprint('HEAVY', 'torch' in sys.modules, file=sys.stderr)",
                         COMP_WORDS="mmcore ", COMP_CWORD="1", _MMCORE_COMPLETE="bash_complete")
     assert "HEAVY False" in completion.stderr, completion.stderr
     assert {"plain,run", "plain,export", "plain,data", "plain,recipes"} <= set(completion.stdout.split())

@@ -22,7 +22,8 @@ from mmcore.runfinder import RESOLVED
               help="The image whose top-1 caption is shown (default: the question's image, if the caption head's split "
                    "has it, else its first image).")
 @click.option("--split", help="The split of the question (default: the fine-tuning's eval_split).")
-@click.option("--head", "answer_head", help="The answer head (default: the first fine-tuned head that predicts labels).")
+@click.option("--head", "answer_head",
+              help="The answer head (default: the first fine-tuned head that predicts labels).")
 @click.option("--caption-head", help="The caption-ranking head (default: the first evaluated head that scores "
                                      "text-image pairs).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),

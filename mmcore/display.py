@@ -21,7 +21,9 @@ class Metric:
     this metric's place (1, 2, ...) among the head's columns of ``mmcore report``, which lists any other metric
     under its evaluation's name. ``primary``:
     the metric that picks a fine-tuning's best epoch (higher is better; at most one per head). ``description``:
-    a short note ``mmcore report`` prints under its table when the metric is one of its columns.
+    a short note ``mmcore report`` prints under its table when the metric is one of its columns. ``floor``: set on
+    a baseline the primary metric should clear (e.g. answering from the question alone), it says what ending within
+    2 points of it means; a fine-tuning that does gets that warning.
     """
 
     key: str
@@ -31,6 +33,7 @@ class Metric:
     headline: int = 0
     primary: bool = False
     description: str = ""
+    floor: str = ""
 
     @property
     def shown_label(self) -> str:

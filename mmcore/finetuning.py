@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from mmcore.engine import Engine
 
 BEST = "best.pt"
-# A fine-tuning scoring less than this above the question-only baseline gets a warning.
-QUESTION_ONLY_MARGIN = 0.02
+# A fine-tuning scoring less than this above a floor its head declares (Metric.floor) gets a warning.
+FLOOR_MARGIN = 0.02
 
 
 @dataclass
@@ -156,7 +156,7 @@ def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretra
         return metrics, head.write_predictions(files.final.parent), engine.query_intervals(head)
 
     metrics, predictions, intervals = engine.dist.on_main(evaluate)
-    _say_if_question_only(engine, name, metrics.get(head.primary_metric()), metrics.get("question_only"))
+    _say_if_at_floor(engine, name, head, metrics)
     engine.plugins.hook.mmcore_stage_end(run=engine, stage=item, metrics=metrics)
     relative = {"predictions": Path(os.path.relpath(predictions, engine.run.path)).as_posix()} if predictions else {}
     warning = {"warning": item[WARNING]} if WARNING in item else {}  # selected on the data it reports, as allowed
@@ -165,12 +165,16 @@ def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretra
             **selection.result(), **relative, **warning}
 
 
-def _say_if_question_only(engine: Engine, name: str, score: float | None, baseline: float | None) -> None:
-    """Warn when a fine-tuning ends at its dataset's question-only baseline: it learned the question alone."""
-    if score is not None and baseline is not None and score < baseline + QUESTION_ONLY_MARGIN:
-        engine.reporter.message(f"[yellow]warning:[/yellow] fine-tuning {name!r} scored {100 * score:.2f}, within "
-                                f"{100 * QUESTION_ONLY_MARGIN:.0f} points of the question-only baseline "
-                                f"{100 * baseline:.2f}: the model answers from the question, not the image")
+def _say_if_at_floor(engine: Engine, name: str, head: Head, metrics: dict[str, float]) -> None:
+    """Warn when a fine-tuning ends at a baseline its head declares as a floor (e.g. answering from the question
+    alone): it learned no more than that baseline."""
+    score = metrics.get(head.primary_metric())
+    for floor in (m for m in head.metrics if m.floor and m.key in metrics):
+        baseline = metrics[floor.key]
+        if score is not None and score < baseline + FLOOR_MARGIN:
+            engine.reporter.message(f"[yellow]warning:[/yellow] fine-tuning {name!r} scored {100 * score:.2f}, within "
+                                    f"{100 * FLOOR_MARGIN:.0f} points of its {floor.shown_label} baseline "
+                                    f"{100 * baseline:.2f}: {floor.floor}")
 
 
 def _selection_split(engine: Engine, item: dict[str, Any]) -> tuple[str | None, str]:

@@ -13,8 +13,8 @@ from mmcore.stats import Summary
 SINGLE_SEED_NOTE = ("one seed (n = 1): no ± or interval over seeds; (a–b): a 95% bootstrap interval over the test "
                     "queries")
 INTERVAL_LEGEND = ("mean ± sample std [95% Student-t interval of the mean] over n seeds; n = 1: a single seed, so no "
-                   "± (a metric whose head gives per-query values then shows (a–b): its 95% bootstrap interval over the "
-                   "test queries)")
+                   "± (a metric whose head gives per-query values then shows (a–b): its 95% bootstrap interval "
+                   "over the test queries)")
 
 
 def summary_cell(summary: Summary, n_row: int | None = None) -> str:

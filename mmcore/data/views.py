@@ -151,8 +151,8 @@ class TwoImageView:
         self._image_ids = list(dict.fromkeys(str(r[k]) for r in self.records for k in ("img0", "img1")))
         missing = [i for i in self._image_ids if i not in store]
         if missing:
-            raise MMCoreError(f"{len(missing)} image(s) of this two-image view are not in the feature store {store.path}: "
-                              f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+            raise MMCoreError(f"{len(missing)} image(s) of this two-image view are not in the feature store "
+                              f"{store.path}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
 
     def __len__(self) -> int:
         return len(self.records)

@@ -22,7 +22,7 @@ class GQAHead(AnswerHead):
     epochs: ClassVar[int] = 5  # the paper's fine-tuning epochs
     metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("accuracy", "Acc", "GQA acc", results=True, primary=True),
-        Metric("question_only", "Q-only"),
+        Metric("question_only", "Q-only", floor="the model answers from the question, not the image"),
     )
     display_order: ClassVar[int] = 20
     target_field: ClassVar[str] = "gqa_target"

@@ -153,7 +153,7 @@ class VQAHead(AnswerHead):
     # The paper's Tables 2-3 column, and Table 4's first.
     metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("accuracy", "Acc", "VQA acc", results=True, headline=1, primary=True),
-        Metric("question_only", "Q-only"),  # the question-only floor, beside the accuracy
+        Metric("question_only", "Q-only", floor="the model answers from the question, not the image"),
     )
     display_order: ClassVar[int] = 10
     target_field: ClassVar[str] = "vqa_target"

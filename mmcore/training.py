@@ -26,6 +26,7 @@ from mmcore.errors import RunFailed
 from mmcore.loopstate import Progress, Window, check_compatible
 from mmcore.phases import begin, end, phase
 from mmcore.progress import Reporter
+from mmcore.schema.keys import OPTIM, TOP
 
 PrepareFn = Callable[[Example, ExampleSource, random.Random], list[Example]]
 
@@ -245,7 +246,7 @@ def train_loop(
     resume: dict[str, Any] | None = None,
     generators: dict[str, torch.Generator] | None = None,
     dist: Dist | None = None,
-    precision: str = "fp32",
+    precision: str = TOP["precision"].default,
     num_workers: int = 0,
 ) -> LoopResult:
     """Train ``modules`` on ``data`` for ``epochs`` (or ``max_steps``); losses are logged every ``log_every`` steps.
@@ -280,7 +281,7 @@ def train_loop(
     optimizer = make_optimizer(params, optim, device)
     schedule = make_schedule(optimizer, total, optim["warmup"])
     forward = Forward(dist, modules, step_fn, device)
-    skip = optim.get("nonfinite", "stop") == "skip"
+    skip = optim.get("nonfinite", OPTIM["nonfinite"].default) == "skip"
     watch, window, progress = NonFiniteWatch(device), Window(device), Progress()
     pending_rng = None  # random state to restore once the resumed epoch's iterator exists
 

@@ -50,7 +50,7 @@ def main() -> None:
         name = f"drawn_vqa_{args.per_image}_{args.normalise}"
         run = args.out / "runs" / name / f"seed{seed}"
         if not (run / "results.json").is_file():
-            recipe = args.out / f"{name}.yaml"
+            recipe = args.out / f"{name}_seed{seed}.yaml"  # one file per seed: seeds may run side by side
             recipe.write_text(yaml.safe_dump({"name": name, "seed": seed, "include": ["base/lxmert_s_cpu.yaml"],
                                               "datasets": {"pairs": {"root": str(ready.resolve())}},
                                               "finetune": [vqa]}, sort_keys=False))

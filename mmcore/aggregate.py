@@ -58,8 +58,8 @@ def summary_of(entry: Mapping[str, Any]) -> Summary:
                    float(entry.get("level", 0.95)))
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
+def _pct(value: float | None, scale: float = 100.0) -> str:
+    return "–" if value is None else f"{scale * value:.2f}"
 
 
 def aggregate_rows(aggregate: dict[str, Any], layout: Layout) -> tuple[list[str], list[list[str]]]:
@@ -72,12 +72,12 @@ def aggregate_rows(aggregate: dict[str, Any], layout: Layout) -> tuple[list[str]
             continue
         kind = str(entry.get("kind", "")) + (" (skipped)" if "skipped" in entry and not entry["metrics"] else "")
         for metric, stats in entry["metrics"].items():
-            summary = summary_of(stats)
+            summary, scale = summary_of(stats), layout.metric_scale(metric)
             interval = ("n = 1: no interval" if summary.low is None
-                        else f"[{_pct(summary.low)}, {_pct(summary.high)}]")
-            rows.append([name, kind, layout.metric_label(metric), str(summary.n), _pct(summary.mean),
-                         _pct(summary.std) if summary.std is not None else "–", interval,
-                         *(_pct(stats["values"].get(s)) for s in seeds)])
+                        else f"[{_pct(summary.low, scale)}, {_pct(summary.high, scale)}]")
+            rows.append([name, kind, layout.metric_label(metric), str(summary.n), _pct(summary.mean, scale),
+                         _pct(summary.std, scale) if summary.std is not None else "–", interval,
+                         *(_pct(stats["values"].get(s), scale) for s in seeds)])
         if not entry["metrics"]:
             rows.append([name, kind, "–", "0", "–", "–", "–", *("–" for _ in seeds)])
     return header, rows
@@ -95,7 +95,7 @@ def results_summary_rows(label: str, aggregate: dict[str, Any], layout: Layout) 
             continue
         stats = entry["metrics"].get(column.metric)
         header.append(column.label)
-        row.append("–" if stats is None else summary_cell(summary_of(stats), n_row=int(row[1])))
+        row.append("–" if stats is None else summary_cell(summary_of(stats), n_row=int(row[1]), scale=column.scale))
     return header, [row]
 
 

@@ -83,8 +83,9 @@ class Row:
             return "–"
         if summary.n == 1:
             interval = self.bootstrap(column)
-            return value_cell(summary.mean, None if interval is None else {"low": interval[0], "high": interval[1]})
-        return summary_cell(summary, n_row=len(self.runs))
+            return value_cell(summary.mean, None if interval is None else {"low": interval[0], "high": interval[1]},
+                              column.scale)
+        return summary_cell(summary, n_row=len(self.runs), scale=column.scale)
 
     def seeds_cell(self) -> str:
         """The row's n with its seeds; n = 1 says that there is no ± over seeds."""
@@ -107,10 +108,11 @@ def difference_cell(row: Row, baseline: Row, column: Column) -> tuple[str, Summa
     diff = paired_difference(row.values(column), baseline.values(column))
     if diff is None:
         return "–", None
-    text = f"{100 * diff.mean:+.2f}"
+    scale = column.scale
+    text = f"{scale * diff.mean:+.2f}"
     if diff.low is None or diff.high is None:
         return f"{text} (n=1)", diff
-    text += f" [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]"
+    text += f" [{scale * diff.low:+.2f}, {scale * diff.high:+.2f}]"
     return (f"{text} *" if diff.excludes_zero else text), diff
 
 

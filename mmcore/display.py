@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Metric:
-    """One metric a head's ``evaluate`` reports (a fraction; tables show it in %).
+    """One metric a head's ``evaluate`` reports, and how tables show it.
 
     ``key``: its key in ``evaluate``'s dict. ``label``: its column in a run's table of evaluations (``Acc``,
     ``IR R@1``; default: ``key``). ``column``: its column where runs are compared, in the one-row results table of
@@ -23,7 +23,8 @@ class Metric:
     the metric that picks a fine-tuning's best epoch (higher is better; at most one per head). ``description``:
     a short note ``mmcore report`` prints under its table when the metric is one of its columns. ``floor``: set on
     a baseline the primary metric should clear (e.g. answering from the question alone), it says what ending within
-    2 points of it means; a fine-tuning that does gets that warning.
+    2 points of it means; a fine-tuning that does gets that warning. ``percent``: the value is a fraction that
+    tables show in % (the default); ``False`` shows it as it is (a score already on its own scale, a count).
     """
 
     key: str
@@ -34,6 +35,12 @@ class Metric:
     primary: bool = False
     description: str = ""
     floor: str = ""
+    percent: bool = True
+
+    @property
+    def scale(self) -> float:
+        """The factor a table multiplies the value by: 100 for a fraction shown in %, else 1."""
+        return 100.0 if self.percent else 1.0
 
     @property
     def shown_label(self) -> str:

@@ -25,6 +25,7 @@ class Column:
     head: str
     metric: str
     name: str | None = None
+    scale: float = 100.0  # what the table multiplies the value by (Metric.scale)
 
 
 def headline_key(result: dict[str, Any]) -> tuple[str, str] | None:
@@ -68,10 +69,12 @@ class Layout:
         self.datasets = dict(datasets or {})
         self._metric_rank: dict[str, int] = {}
         self._metric_label: dict[str, str] = {}
+        self._metric_scale: dict[str, float] = {}
         for cls in self.heads.values():
             for metric in self.metrics(cls):
                 self._metric_rank.setdefault(metric.key, len(self._metric_rank))
                 self._metric_label.setdefault(metric.key, metric.shown_label)
+                self._metric_scale.setdefault(metric.key, metric.scale)
 
     @classmethod
     def of(cls, registry: Any) -> Layout:
@@ -96,6 +99,10 @@ class Layout:
         """A metric's label in a run's evaluation table (its key when no head declares it)."""
         return self._metric_label.get(key, key)
 
+    def metric_scale(self, key: str) -> float:
+        """What tables multiply a metric by: 100 (a fraction shown in %) unless its head declares otherwise."""
+        return self._metric_scale.get(key, 100.0)
+
     def ordered_metrics(self, keys: Iterable[str]) -> list[str]:
         """``keys`` without repeats, in :meth:`metric_sort_key` order."""
         return sorted(dict.fromkeys(keys), key=self.metric_sort_key)
@@ -104,7 +111,7 @@ class Layout:
 
     def _column(self, kind: str, head: str, metric: Metric) -> Column:
         prefix = ZERO_SHOT_PREFIX if kind == ZERO_SHOT else ""
-        return Column(prefix + metric.shown_column, kind, head, metric.key)
+        return Column(prefix + metric.shown_column, kind, head, metric.key, scale=metric.scale)
 
     def results_columns(self) -> list[Column]:
         """The one-row results table's columns: per kind, per head, the metrics marked ``results``."""

@@ -123,7 +123,8 @@ def columns(runs: Sequence[RunInfo], layout: Layout) -> list[Column]:
             if headline_key(result) in headline_kinds:
                 continue
             for metric in result.get("metrics", {}):
-                column = Column(f"{name} {metric}", str(result.get("kind")), str(result.get("head")), metric, name)
+                column = Column(f"{name} {metric}", str(result.get("kind")), str(result.get("head")), metric, name,
+                                layout.metric_scale(metric))
                 if column not in out:
                     out.append(column)
     return out
@@ -258,7 +259,8 @@ def _error_bar(row: Row, column: Column) -> tuple[float, float, float] | None:
         return None
     interval = (summary.low, summary.high) if summary.low is not None else row.bootstrap(column)
     low, high = interval if interval is not None and interval[0] is not None else (summary.mean, summary.mean)
-    return 100 * summary.mean, 100 * (summary.mean - low), 100 * (high - summary.mean)
+    scale = column.scale
+    return scale * summary.mean, scale * (summary.mean - low), scale * (high - summary.mean)
 
 
 def _plot_downstream(figure: Any, rows: Sequence[Row], path: Path, layout: Layout) -> Path | None:

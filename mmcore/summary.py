@@ -17,21 +17,23 @@ INTERVAL_LEGEND = ("mean ± sample std [95% Student-t interval of the mean] over
                    "over the test queries)")
 
 
-def summary_cell(summary: Summary, n_row: int | None = None) -> str:
-    """A metric over seeds in %: ``48.78 ± 0.52 [47.49, 50.07]``; a single value alone; ``(n=2)`` appended when the
-    metric has fewer values than its row has seeds."""
+def summary_cell(summary: Summary, n_row: int | None = None, scale: float = 100.0) -> str:
+    """A metric over seeds (times ``scale``: 100 for %): ``48.78 ± 0.52 [47.49, 50.07]``; a single value alone;
+    ``(n=2)`` appended when the metric has fewer values than its row has seeds."""
     if summary.std is None or summary.low is None or summary.high is None:
-        text = f"{100 * summary.mean:.2f}"
+        text = f"{scale * summary.mean:.2f}"
     else:
-        text = f"{100 * summary.mean:.2f} ± {100 * summary.std:.2f} [{100 * summary.low:.2f}, {100 * summary.high:.2f}]"
+        text = (f"{scale * summary.mean:.2f} ± {scale * summary.std:.2f} "
+                f"[{scale * summary.low:.2f}, {scale * summary.high:.2f}]")
     return text + (f" (n={summary.n})" if n_row is not None and summary.n != n_row else "")
 
 
-def value_cell(value: float, interval: Any = None) -> str:
-    """One run's metric in %, with its bootstrap interval over test queries when the head gave one."""
+def value_cell(value: float, interval: Any = None, scale: float = 100.0) -> str:
+    """One run's metric (times ``scale``: 100 for %), with its bootstrap interval over test queries when the head
+    gave one."""
     if isinstance(interval, dict) and isinstance(interval.get("low"), (int, float)) and isinstance(interval.get("high"), (int, float)):
-        return f"{100 * value:.2f} ({100 * interval['low']:.2f}–{100 * interval['high']:.2f})"
-    return f"{100 * value:.2f}"
+        return f"{scale * value:.2f} ({scale * interval['low']:.2f}–{scale * interval['high']:.2f})"
+    return f"{scale * value:.2f}"
 
 
 def evaluation_rows(results: dict[str, Any], layout: Layout) -> tuple[list[str], list[list[str]]]:
@@ -43,7 +45,8 @@ def evaluation_rows(results: dict[str, Any], layout: Layout) -> tuple[list[str],
     for name, result in evaluations.items():
         metrics = result.get("metrics", {})
         intervals = result.get("intervals", {})
-        cells = [value_cell(metrics[k], intervals.get(k)) if k in metrics else "–" for k in keys]
+        cells = [value_cell(metrics[k], intervals.get(k), layout.metric_scale(k)) if k in metrics else "–"
+                 for k in keys]
         kind = result.get("kind", "")
         if "skipped" in result:
             kind += " (skipped)"
@@ -56,7 +59,7 @@ def results_rows(label: str, results: dict[str, Any], layout: Layout) -> tuple[l
     has (metrics in %); for the built-in heads, the paper's Tables 2-3. A metric absent from an evaluation: blank."""
     # A column where the run has that evaluation; a metric it lacks there stays blank.
     shown = [(c, value_of(results, c)) for c in layout.results_columns() if evaluation_of(results, c) is not None]
-    return ["run", *(c.label for c, _ in shown)], [[label, *("" if v is None else f"{100 * v:.2f}" for _, v in shown)]]
+    return ["run", *(c.label for c, _ in shown)], [[label, *("" if v is None else f"{c.scale * v:.2f}" for c, v in shown)]]
 
 
 def stage_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

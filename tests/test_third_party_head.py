@@ -45,7 +45,7 @@ def pct(value: float) -> str:
 def test_the_head_declares_its_columns_and_comes_first_by_its_order(share_head):
     layout = Layout.of(load_plugins().registry)
     labels = [c.label for c in layout.results_columns()]
-    assert labels[:3] == ["Grounded share ±0.1", "Grounded share error", "VQA acc"]
+    assert labels[:4] == ["Grounded share ±0.1", "Grounded share error", "Grounded examples", "VQA acc"]
     assert "ZS-Grounded share ±0.1" in labels  # a zero-shot evaluation of it would get its own column
     assert [c.label for c in layout.headline_columns()][:2] == ["Grounded share ±0.1", "ZS-Grounded share ±0.1"]
     assert layout.metric_label("share_within") == "Within 0.1"
@@ -64,8 +64,10 @@ def test_its_metrics_appear_in_the_end_of_run_tables_summary_and_report(share_he
 
 def check_end_of_run_and_summary(path: Path, results: dict, printed: str) -> None:
     metrics = results["share"]["metrics"]
-    assert set(metrics) == {"share_within", "share_error"} and results["share"]["head"] == "grounded_share"
+    assert set(metrics) == {"share_within", "share_error", "examples"} and results["share"]["head"] == "grounded_share"
     within, error = pct(metrics["share_within"]), pct(metrics["share_error"])
+    examples = f"{metrics['examples']:.2f}"  # declared percent=False: shown as it is
+    assert metrics["examples"] == int(metrics["examples"]) > 1  # every question of the test split
     vqa = pct(results["vqa"]["metrics"]["accuracy"])
     # End-of-run output: the per-evaluation table labels its metrics, the one-row table has its columns first.
     lines = printed.splitlines()
@@ -75,15 +77,15 @@ def check_end_of_run_and_summary(path: Path, results: dict, printed: str) -> Non
     columns = next(line for line in main if "Grounded share ±0.1" in line)
     assert columns.index("Grounded share ±0.1") < columns.index("Grounded share error") < columns.index("VQA acc")
     row = next(line for line in main if line.lstrip("│ ").startswith("share"))
-    assert re.findall(r"\d+\.\d\d", row) == [within, error, vqa]
+    assert re.findall(r"\d+\.\d\d", row) == [within, error, examples, vqa]
     assert "Tables 2-3" not in printed
     # summary.md: the same row, and the evaluation table with its labels.
     summary = (path / "summary.md").read_text()
-    assert "| run | Grounded share ±0.1 | Grounded share error | VQA acc |" in summary
-    assert f"| share | {within} | {error} | {vqa} |" in summary
+    assert "| run | Grounded share ±0.1 | Grounded share error | Grounded examples | VQA acc |" in summary
+    assert f"| share | {within} | {error} | {examples} | {vqa} |" in summary
     evaluation = next(line for line in summary.splitlines() if line.startswith("| evaluation |"))
-    assert evaluation == "| evaluation | kind | split | Within 0.1 | Abs error | Acc |"
-    assert f"| share | finetune | test | {within} | {error} | – |" in summary
+    assert evaluation == "| evaluation | kind | split | Within 0.1 | Abs error | Examples | Acc |"
+    assert f"| share | finetune | test | {within} | {error} | {examples} | – |" in summary
 
 
 def check_report(path: Path, results: dict, out: Path) -> None:

@@ -22,6 +22,7 @@ class GroundedShare(Head):
         Metric("share_within", "Within 0.1", "Grounded share ±0.1", results=True, headline=1, primary=True,
                description="share of examples whose predicted grounded share is within 0.1 of the truth"),
         Metric("share_error", "Abs error", "Grounded share error", results=True),
+        Metric("examples", "Examples", "Grounded examples", results=True, percent=False),  # a count, not a fraction
     )
     display_order = 5  # before the built-in heads: a third party picks its own place
 
@@ -46,7 +47,8 @@ class GroundedShare(Head):
     def evaluate(self, backbone: Backbone, view: ExampleSource, ctx: EvalContext) -> dict[str, float]:
         batches = ctx.batches(view, self.name)  # type: ignore[arg-type]  # a view is a sequence of examples
         error = torch.cat([(self._predict(backbone, batch) - self._share(batch)).abs() for batch in batches])
-        return {"share_within": float((error <= TOLERANCE).float().mean()), "share_error": float(error.mean())}
+        return {"share_within": float((error <= TOLERANCE).float().mean()), "share_error": float(error.mean()),
+                "examples": float(len(error))}
 
 
 @mmcore.hookimpl

@@ -39,7 +39,8 @@ class MMCoreGroup(LazyGroup):
             ctx.exit(exc.exit_code)
 
 
-@click.group(cls=MMCoreGroup)
+@click.group(cls=MMCoreGroup, epilog="Commands that plugins add run as mmcore NAME but are not listed here "
+                                     "(listing them would load every plugin).")
 @click.version_option(__version__, prog_name="mmcore")
 def main() -> None:
     """mmcore: vision-and-language pre-training where everything is a plugin and a curriculum is a YAML file."""

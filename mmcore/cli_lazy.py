@@ -15,11 +15,11 @@ from click.shell_completion import CompletionItem
 
 # name -> (module:attribute, one-line help shown by --help and completion)
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("mmcore.cli_data:data", "Prepare real data: convert TSV region features, extract features, build stores."),
-    "report": ("mmcore.cli_report:report", "Compare runs: stages, tasks, results and loss curves, one row per run."),
-    "inspect": ("mmcore.cli_inspect:inspect", "Show one example's top answers and top caption after each stage."),
-    "evaluate": ("mmcore.cli_evaluate:evaluate", "Evaluate a run's or a checkpoint's model with a head on a view."),
-    "export": ("mmcore.cli_export:export", "Export a run's model for transformers (LxmertModel, AutoTokenizer)."),
+    "data": ("mmcore.cli_data:data", "Prepare data: features, TSVs, stores, hard negatives."),
+    "report": ("mmcore.cli_report:report", "Compare runs: one table, plots, paired differences."),
+    "inspect": ("mmcore.cli_inspect:inspect", "One example's answers and caption after each stage."),
+    "evaluate": ("mmcore.cli_evaluate:evaluate", "Evaluate a run's or a checkpoint's model on a view."),
+    "export": ("mmcore.cli_export:export", "Export a run's model for transformers (Hugging Face)."),
     "schema": ("mmcore.cli_schema:schema", "Print the recipe JSON Schema (keys, types, defaults; plugin options)."),
 }
 
@@ -63,9 +63,11 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The commands section of ``--help``, without importing the lazy ones."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(n) for n in names), default=0)  # as click lays its commands out
         rows = []
-        for name in self.list_commands(ctx):
-            help_text = self._short_help(ctx, name)
+        for name in names:
+            help_text = self._short_help(ctx, name, limit)
             if help_text is not None:
                 rows.append((name, help_text))
         if rows:
@@ -76,11 +78,12 @@ class LazyGroup(click.Group):
         """Complete command names from the table (no imports), then the group's own options."""
         items = [CompletionItem(name, help=self._short_help(ctx, name)) for name in self.list_commands(ctx)
                  if name.startswith(incomplete) and self._short_help(ctx, name) is not None]
-        return items + [item for item in click.Command.shell_complete(self, ctx, incomplete)]
+        return items + list(click.Command.shell_complete(self, ctx, incomplete))
 
-    def _short_help(self, ctx: click.Context, name: str) -> str | None:
+    def _short_help(self, ctx: click.Context, name: str, limit: int = 80) -> str | None:
+        """A command's one-line help (None for a hidden one), from the table for a lazy one."""
         if name in self.commands:
             command = self.commands[name]
-            return None if command.hidden else command.get_short_help_str(limit=80)
+            return None if command.hidden else command.get_short_help_str(limit=limit)
         entry: Any = LAZY_COMMANDS.get(name)
         return entry[1] if entry else None

@@ -18,13 +18,13 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from rich.markup import escape
 
-from mmcore.api import Backbone, Head, Task
+from mmcore.api import Backbone, Dataset, ExampleSource, Head, Task
 from mmcore.blame import blame, blame_hook, call, position
 from mmcore.checkpointing import CheckpointFiles, cpu_state, read_checkpoint
 from mmcore.data.collate import Collator
@@ -36,9 +36,54 @@ from mmcore.selectcheck import WARNING
 from mmcore.training import EpochSampler, LoopResult, PrepareCollate, train_loop
 
 if TYPE_CHECKING:
-    from mmcore.engine import Engine
+    from mmcore.distributed import Dist
+    from mmcore.plugins import Plugins
+    from mmcore.progress import Reporter
+    from mmcore.registry import Registry
+    from mmcore.rundir import RunDir
+    from mmcore.training import MixedExamples
 
 BEST = "best.pt"
+
+
+class Run(Protocol):
+    """What a fine-tuning uses of the run it belongs to (:class:`mmcore.engine.Engine` is one)."""
+
+    recipe: dict[str, Any]
+    plugins: Plugins
+    registry: Registry
+    run: RunDir
+    reporter: Reporter
+    dist: Dist
+    device: torch.device
+    seed: int
+    tokenizer: Any
+
+    def dataset(self, name: str) -> Dataset: ...
+
+    def views(self, data: list[dict[str, Any]], split: str | None = None) -> tuple[list[ExampleSource],
+                                                                                 MixedExamples]: ...
+
+    def pretrained_tasks(self, state: dict[str, Any], through: str | None = None) -> dict[str, Task]: ...
+
+    def pretrained_backbone(self, state: dict[str, Any]) -> Backbone: ...
+
+    def build_head(self, item: dict[str, Any], pretrained: dict[str, Task], hidden: int) -> Head: ...
+
+    def evaluate(self, head: Head, backbone: Backbone, item: dict[str, Any], split: str,
+                 scratch: Path | None = None) -> dict[str, float]: ...
+
+    def query_intervals(self, head: Head) -> dict[str, Any]: ...
+
+    def scratch(self, name: str) -> Path: ...
+
+    def checkpointing(self, item: dict[str, Any], files: CheckpointFiles, partial: dict[str, Any] | None,
+                      saved: Callable[[], dict[str, Any]]) -> dict[str, Any]: ...
+
+    def log(self, scope: str, step: int, epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def log_record(self, record: dict[str, Any]) -> None: ...
+
 # A fine-tuning scoring less than this above a floor its head declares (Metric.floor) gets a warning.
 FLOOR_MARGIN = 0.02
 
@@ -82,7 +127,7 @@ class Selection:
                 "selection": {"split": self.split, "metric": self.metric, "value": self.best, "metrics": self.metrics}}
 
 
-def stage_state(engine: Engine, stage: str) -> dict[str, Any]:
+def stage_state(engine: Run, stage: str) -> dict[str, Any]:
     """The pre-trained state as the engine has it after ``stage``: that stage's backbone, and the task weights of
     every stage up to it (later stages overlaying earlier ones), read from the run's stage checkpoints."""
     names = [s["name"] for s in engine.recipe["stages"]]
@@ -100,7 +145,7 @@ def stage_state(engine: Engine, stage: str) -> dict[str, Any]:
     return {"backbone": backbone, "tasks": tasks, "stage": stage}
 
 
-def start_state(engine: Engine, item: dict[str, Any], state: dict[str, Any],
+def start_state(engine: Run, item: dict[str, Any], state: dict[str, Any],
                 pretrained: dict[str, Task]) -> tuple[dict[str, Any], dict[str, Task]]:
     """(state, pre-trained tasks) a zero-shot or fine-tuning entry starts from: the final ones given, or with
     ``init: <stage>`` those after that stage."""
@@ -116,7 +161,7 @@ def started_from(item: dict[str, Any]) -> dict[str, Any]:
     return {"init": item["init"]} if "init" in item else {}
 
 
-def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretrained: dict[str, Task]) -> dict[str, Any]:
+def finetune(engine: Run, item: dict[str, Any], state: dict[str, Any], pretrained: dict[str, Task]) -> dict[str, Any]:
     """Fine-tune ``item`` from the pre-trained ``state``, or from the stage its ``init`` names (continuing a partial
     run), then evaluate it."""
     name = item["name"]
@@ -165,7 +210,7 @@ def finetune(engine: Engine, item: dict[str, Any], state: dict[str, Any], pretra
             **selection.result(), **relative, **warning}
 
 
-def _say_if_at_floor(engine: Engine, name: str, head: Head, metrics: dict[str, float]) -> None:
+def _say_if_at_floor(engine: Run, name: str, head: Head, metrics: dict[str, float]) -> None:
     """Warn when a fine-tuning ends at a baseline its head declares as a floor (e.g. answering from the question
     alone): it learned no more than that baseline."""
     score = metrics.get(head.primary_metric())
@@ -177,7 +222,7 @@ def _say_if_at_floor(engine: Engine, name: str, head: Head, metrics: dict[str, f
                                     f"{100 * baseline:.2f}: {floor.floor}")
 
 
-def _selection_split(engine: Engine, item: dict[str, Any]) -> tuple[str | None, str]:
+def _selection_split(engine: Run, item: dict[str, Any]) -> tuple[str | None, str]:
     """(the split to select on, or None and why not)."""
     select = item.get("select") or {"split": "val", "every_epoch": True}
     if not select["every_epoch"]:
@@ -190,14 +235,14 @@ def _selection_split(engine: Engine, item: dict[str, Any]) -> tuple[str | None, 
     return str(select["split"]), ""
 
 
-def _steps_per_epoch(engine: Engine, item: dict[str, Any], sampler: EpochSampler) -> int:
+def _steps_per_epoch(engine: Run, item: dict[str, Any], sampler: EpochSampler) -> int:
     """Optimiser steps in one epoch, as train_loop counts them."""
     micro = micro_batch_size(item["batch_size"], engine.dist.world_size, item["grad_accum"])
     sampler.shard(engine.dist.rank, engine.dist.world_size)
     return math.ceil(math.ceil(sampler.shard_size() / micro) / item["grad_accum"])
 
 
-def _train(engine: Engine, item: dict[str, Any], backbone: Backbone, head: Head, files: CheckpointFiles,
+def _train(engine: Run, item: dict[str, Any], backbone: Backbone, head: Head, files: CheckpointFiles,
            selection: Selection, init: dict[str, Any]) -> LoopResult:
     """Fine-tune ``backbone`` and ``head`` (from the partial checkpoint, if any), selecting on the way; write the
     final checkpoint. ``init`` (the stage it started from and its weights' fingerprint) goes into every checkpoint."""

@@ -42,25 +42,14 @@ def module_name(path: Path, root: Path = ROOT) -> str:
 # ---- import cycles ---------------------------------------------------------------------------------------------
 
 
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    """Ids of the nodes inside ``if TYPE_CHECKING:`` blocks (imports for annotations only, never executed)."""
-    inside: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            inside.update(id(sub) for stmt in node.body for sub in ast.walk(stmt))
-    return inside
-
-
 def imported_modules(path: Path, modules: set[str], root: Path = ROOT) -> set[str]:
-    """The ``mmcore`` modules that the module at ``path`` imports anywhere (module level or in a function)."""
+    """The ``mmcore`` modules that the module at ``path`` imports anywhere: module level, in a function, or for
+    annotations only (``if TYPE_CHECKING:``), as two modules that need each other's types are coupled too."""
     name = module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skip = _type_checking_nodes(tree)
     targets: list[str] = []
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             targets += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -125,10 +114,12 @@ def test_the_cycle_finder_sees_function_level_and_relative_imports(tmp_path):
     (package / "__init__.py").write_text("")
     (package / "sub" / "__init__.py").write_text("")
     (package / "a.py").write_text("def f():\n    from mmcore.sub import b\n")
+    (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mmcore import a\n")
     (package / "sub" / "b.py").write_text("from .. import a\n")
     files = {module_name(p, tmp_path): p for p in package.rglob("*.py")}
     graph = {name: imported_modules(path, set(files), tmp_path) for name, path in files.items()}
     assert graph["mmcore.a"] == {"mmcore.sub.b"} and graph["mmcore.sub.b"] == {"mmcore.a"}
+    assert graph["mmcore.c"] == {"mmcore.a"}  # an import for annotations only counts too
     assert find_cycles(graph) == [["mmcore.a", "mmcore.sub.b"]]
 
 

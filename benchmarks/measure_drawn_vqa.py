@@ -44,6 +44,7 @@ def main() -> None:
     if not ready.is_dir():
         subprocess.run(["mmcore", "data", "prepare", str(source), str(ready), "--extractor", "grid", "--quiet",
                         "--normalise", args.normalise], check=True)
+    print(spread(ready / "features.h5"))
     downstream = yaml.safe_load((ROOT / "recipes/base/downstream.yaml").read_text())
     vqa = next(entry for entry in downstream["finetune"] if entry["name"] == "vqa")
     for seed in args.seeds:
@@ -57,6 +58,20 @@ def main() -> None:
             subprocess.run(["mmcore", "run", str(recipe), "--output-dir", str(args.out / "runs"), "--run-name",
                             f"seed{seed}", "--cache-dir", str(args.out / "cache"), "--quiet"], check=True)
         report(seed, run)
+
+
+def spread(store: Path) -> str:
+    """How much of a region's features is one vector common to all regions, over the first 300 images."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(store, "r") as f:
+        feats = f["features"][:300].astype(np.float64)
+        real = np.arange(feats.shape[1])[None, :] < f["num_boxes"][:300][:, None]
+    rows = feats[real]
+    mean = rows.mean(0)
+    return (f"features {store}: mean region vector norm {np.linalg.norm(mean):.1f}, a region's offset from it "
+            f"{np.linalg.norm(rows - mean, axis=1).mean():.1f} (mean norm)")
 
 
 def report(seed: int, run: Path) -> None:

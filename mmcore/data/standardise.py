@@ -4,8 +4,8 @@ padding rows stay zero. One scale, not one per dimension: a ReLU dimension that 
 otherwise turn its rare activations into outliers of a hundred standard deviations.
 
 Why: extracted features can share one large vector across every region. A ReLU of a biased random map of pixel
-statistics does: on the drawn shapes of docs/your-data.md the mean region vector has norm 52 while a region's
-own offset from it has norm 20, so images differ by a small offset on a constant that the backbone's linear map
+statistics does: on the drawn shapes of docs/your-data.md the mean region vector has norm 53 while a region's
+own offset from it has norm 13 to 22, so images differ by a small offset on a constant that the backbone's linear map
 and LayerNorm carry through, and VQA fine-tuning stays on the language prior instead of using the image.
 Centring removes the common part.
 """

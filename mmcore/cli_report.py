@@ -50,7 +50,7 @@ def report(run_dirs: tuple[Path, ...], out: Path, no_plots: bool, baseline: str 
         raise click.UsageError("no run directories given (only files)")
     runs = collect(run_dirs, note=lambda text: err.print(f"[dim]{escape(text)}[/dim]"))
     base = find_baseline(runs, baseline) if baseline is not None else None
-    layout = layout_for(runs)
+    layout = layout_for(runs, note=lambda text: err.print(f"[yellow]note:[/yellow] {escape(text)}"))
     header, rows = table(runs, layout, bold=lambda s: f"[bold]{s}[/bold]")
     # Recipe names and curricula are data, not markup; the metric cells carry the bold markup.
     rows = [[escape(c) if index < len(BASE_HEADER) else c for index, c in enumerate(row)] for row in rows]

@@ -15,7 +15,7 @@ from typing import Any
 
 from mmcore.comparison import DIFFERENCE_LEGEND, Row, RunInfo, difference_table, find_baseline
 from mmcore.data.fileio import atomic_path
-from mmcore.errors import MMCoreError
+from mmcore.errors import MMCoreError, PluginError
 from mmcore.layout import Column, Layout, headline_key
 from mmcore.plugins import load_plugins
 from mmcore.rundir import RunDir
@@ -94,11 +94,16 @@ def _unique_labels(rows: list[Row]) -> None:
             row.label = f"{row.label} ({row.path.name})"
 
 
-def layout_for(rows: Sequence[Row]) -> Layout:
+def layout_for(rows: Sequence[Row], note: Callable[[str], None] = lambda _: None) -> Layout:
     """The table layout of the installed plugins and of the plugin files the rows' recipes name (those that still
-    exist), so a head or task of either is shown as its plugin declares."""
+    exist), so a head or task of either is shown as its plugin declares; ``note`` hears of files that fail to load,
+    whose names are then shown as they are."""
     files = dict.fromkeys(str(p) for row in rows for p in row.recipe.get("plugins") or [] if Path(str(p)).is_file())
-    return Layout.of(load_plugins(list(files)).registry)
+    try:
+        return Layout.of(load_plugins(list(files)).registry)
+    except PluginError as exc:
+        note(f"the runs' plugin files do not load ({exc}); their heads and tasks are shown by name")
+        return Layout.of(load_plugins().registry)
 
 
 def curriculum(recipe: dict[str, Any], layout: Layout) -> tuple[str, str, str]:

@@ -333,3 +333,31 @@ def test_validate_takes_every_ablation_recipe_at_once(tmp_path):
     result = CliRunner().invoke(main, ["validate", recipes[0], str(bad)], terminal_width=240)
     assert result.exit_code == 2
     assert "ok " in result.output and "mlmm" in result.output and "1 of 2 recipes are invalid" in flat(result.output)
+
+
+def test_a_runs_plugin_file_is_loaded_for_its_layout_and_a_broken_one_is_named(tmp_path):
+    from mmcore.comparison import Row
+    from mmcore.report import layout_for
+
+    good = tmp_path / "my_head.py"
+    good.write_text(textwrap.dedent("""
+        import mmcore
+        from mmcore.api import Head, Metric
+
+        class Mine(Head):
+            name = "mine"
+            metrics = (Metric("hits", "Hits", "Mine hits", results=True, headline=1),)
+
+        @mmcore.hookimpl
+        def mmcore_register_heads(registry):
+            registry.add_head(Mine)
+    """))
+    row = Row("r", {"name": "r", "plugins": [str(good)]}, {}, tmp_path, [0])
+    assert "Mine hits" in [c.label for c in layout_for([row]).headline_columns()]
+    broken = tmp_path / "my_broken_head.py"
+    broken.write_text("def broken(:\n")
+    notes: list[str] = []
+    layout = layout_for([Row("b", {"name": "b", "plugins": [str(broken)]}, {}, tmp_path, [0])], notes.append)
+    assert "Mine hits" not in [c.label for c in layout.headline_columns()] and "VQA acc" in [
+        c.label for c in layout.headline_columns()]
+    assert len(notes) == 1 and "my_broken_head.py" in notes[0] and "shown by name" in notes[0]

@@ -42,8 +42,9 @@ err_console = Console(stderr=True)
               help="An extractor option, value parsed as YAML (repeatable), e.g. --option grid_size=4.")
 @click.option("--features", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Use this existing feature store instead of extracting SOURCE/images/.")
-@click.option("--tokenizer", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="A local Hugging Face tokenizer directory (default: build a WordPiece vocabulary).")
+@click.option("--tokenizer", type=click.Path(file_okay=False, path_type=Path),
+              help="A local Hugging Face tokenizer directory, or the Hub id of one in the local Hugging Face cache "
+                   "(default: build a WordPiece vocabulary).")
 @click.option("--vocab-size", type=click.IntRange(min=16), default=8000, show_default=True,
               help="Size of the WordPiece vocabulary built from the training texts.")
 @click.option("--min-answer-count", type=click.IntRange(min=1), default=1, show_default=True,

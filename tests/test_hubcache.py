@@ -72,3 +72,21 @@ def test_backbone_weights_by_hub_id_from_the_local_cache(hub, tmp_path, monkeypa
         factory({**options, "weights": "acme/absent"}, info)
     said = str(info_error.value)
     assert "weights not found: acme/absent" in said and "local Hugging Face cache" in said
+
+
+def test_data_prepare_copies_a_tokenizer_named_by_hub_id(hub, tmp_path):
+    from mmcore.data.prepare import PrepareOptions, _tokenizer
+
+    words = tmp_path / "words"
+    words.mkdir()
+    (words / "vocab.txt").write_text("\n".join([*SPECIAL_TOKENS, "a", "dog"]) + "\n")
+    load_tokenizer(words).save_pretrained(str(tmp_path / "saved"))
+    cache_model(hub, "acme/wordpiece", tmp_path / "saved")
+    work = tmp_path / "prepared"
+    work.mkdir()
+    assert _tokenizer(work, None, PrepareOptions(tokenizer=Path("acme/wordpiece"))) == "tokenizer"
+    copied = load_tokenizer(work / "tokenizer")
+    assert copied.convert_ids_to_tokens(copied("a dog")["input_ids"]) == ["[CLS]", "a", "dog", "[SEP]"]
+    with pytest.raises(MMCoreError) as info:
+        _tokenizer(tmp_path / "elsewhere", None, PrepareOptions(tokenizer=Path("acme/absent")))
+    assert "--tokenizer acme/absent: not a tokenizer directory; nor is 'acme/absent' a model" in str(info.value)

@@ -7,7 +7,9 @@ the core knows no plugin's names.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,30 @@ class Metric:
     def shown_column(self) -> str:
         """The column name where runs are compared."""
         return self.column or self.shown_label
+
+
+def metric_problems(metrics: Any) -> list[str]:
+    """What is wrong with a head's ``metrics`` declaration (empty when nothing is): each a :class:`Metric`, each key
+    once, at most one primary, distinct headline places, and no floor that is also the primary."""
+    if not isinstance(metrics, (tuple, list)) or not all(isinstance(m, Metric) for m in metrics):
+        return ["'metrics' must be a tuple of mmcore.api.Metric"]
+    problems = []
+    keys = [m.key for m in metrics]
+    problems += [f"declares metric {k!r} twice" for k in sorted({k for k in keys if keys.count(k) > 1})]
+    primary = [m.key for m in metrics if m.primary]
+    if len(primary) > 1:
+        problems.append(f"marks {len(primary)} metrics primary ({', '.join(primary)}); at most one picks the best epoch")
+    ranks = [m.headline for m in metrics if m.headline]
+    if any(not isinstance(r, int) or r < 0 for r in ranks) or len(set(ranks)) != len(ranks):
+        problems.append(f"headline places must be distinct positive integers, got {ranks}")
+    problems += [f"metric {m.key!r} is both the primary metric and a floor for it" for m in metrics
+                 if m.primary and m.floor]
+    return problems
+
+
+def view_label_problems(labels: Any, views: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a dataset's ``view_labels``: a mapping of its own views to strings."""
+    if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
+        return ["'view_labels' must map view names to short strings"]
+    return [f"'view_labels' names view {v!r}, which is not among its views ({', '.join(views) or 'none'})"
+            for v in labels if v not in views]

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmcore.display import metric_problems, view_label_problems
 from mmcore.errors import PluginError, UnknownNameError
 from mmcore.schema.types import conforms, describe
 
@@ -58,6 +59,11 @@ class Registry:
                               f"by {self.label(entry.origin)}; uninstall one or disable it with MMCORE_DISABLE_PLUGINS")
         self._entries[entry.kind][entry.name] = entry
 
+    def _check_display(self, kind: str, cls: type, problems: list[str]) -> None:
+        """A table-layout declaration (``Head.metrics``, ``Dataset.view_labels``) that cannot be shown: an error."""
+        if problems:
+            raise PluginError(f"{kind} {_name_of(cls)!r} of {self.label(self._origin)}: {'; '.join(problems)}")
+
     def add_backbone(self, name: str, factory: Callable[..., Any], defaults: dict[str, Any] | None = None,
                      description: str = "", types: dict[str, Any] | None = None) -> None:
         """Register ``factory(config, info) -> Backbone`` under ``name``; ``defaults`` lists its options, ``types``
@@ -72,12 +78,14 @@ class Registry:
 
     def add_head(self, cls: type) -> None:
         """Register a :class:`mmcore.Head` subclass under its ``name``."""
+        self._check_display("head", cls, metric_problems(getattr(cls, "metrics", ())))
         self._add(Entry("head", _name_of(cls), cls, self._origin, _doc(cls), requires=frozenset(cls.requires),
                         defaults=dict(cls.defaults), types=_types(cls)))
 
     def add_dataset(self, cls: type) -> None:
         """Register a :class:`mmcore.Dataset` subclass under its ``name``; its ``views`` declare provided fields."""
         provides = {view: frozenset(fields) for view, fields in cls.views.items()}
+        self._check_display("dataset", cls, view_label_problems(getattr(cls, "view_labels", {}), provides))
         self._add(Entry("dataset", _name_of(cls), cls, self._origin, _doc(cls), provides=provides,
                         defaults=dict(cls.defaults), types=_types(cls)))
 

@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 from helpers import invoke
 
+from mmcore.api import Dataset, Head, Metric
+from mmcore.errors import PluginError
 from mmcore.layout import Layout
 from mmcore.plugins import load_plugins
+from mmcore.registry import Registry
 
 RECIPE = """\
 name: share
@@ -98,3 +101,23 @@ def check_report(path: Path, results: dict, out: Path) -> None:
     row = next(line for line in text.splitlines() if line.startswith("| share |"))
     assert pct(results["share"]["metrics"]["share_within"]) in row
     assert "Grounded share ±0.1" in printed
+
+
+@pytest.mark.parametrize(("metrics", "message"), [
+    ((Metric("a", primary=True), Metric("b", primary=True)), "marks 2 metrics primary (a, b)"),
+    ((Metric("a"), Metric("a", "A again")), "declares metric 'a' twice"),
+    ((Metric("a", headline=1), Metric("b", headline=1)), "headline places must be distinct"),
+    (("accuracy",), "'metrics' must be a tuple of mmcore.api.Metric"),
+])
+def test_a_head_whose_metrics_cannot_be_shown_is_rejected_naming_it(metrics, message):
+    bad = type("Bad", (Head,), {"name": "bad_head", "metrics": metrics})
+    registry = Registry().scoped("mine")
+    with pytest.raises(PluginError) as info:
+        registry.add_head(bad)
+    assert "head 'bad_head' of plugin 'mine'" in str(info.value) and message in str(info.value)
+
+
+def test_a_dataset_labelling_a_view_it_lacks_is_rejected():
+    bad = type("Bad", (Dataset,), {"name": "bad_data", "views": {"token": frozenset()}, "view_labels": {"tok": "T"}})
+    with pytest.raises(PluginError, match="'view_labels' names view 'tok', which is not among its views"):
+        Registry().add_dataset(bad)

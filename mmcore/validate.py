@@ -94,7 +94,7 @@ def _seeds(c: Checker, seeds: Any) -> list[Any]:
 
 def _backbone(c: Checker, spec: Any) -> dict[str, Any]:
     if not isinstance(spec, dict) or "name" not in spec:
-        c.fail(("backbone",), "backbone must be a mapping with a 'name' (e.g. {name: lxmert_s})")
+        c.fail(("backbone",), "backbone must be a mapping with a 'name' (e.g. {name: NAME}; mmcore list-backbones lists them)")
         return {"name": None}
     entry = c.entry("backbone", spec["name"], ("backbone", "name"))
     if entry is None:
@@ -205,11 +205,11 @@ def _stage(c: Checker, spec: Any, index: int, datasets: dict[str, dict]) -> dict
     tasks = spec.get("tasks")
     out["tasks"] = {}
     if tasks is not None and not isinstance(tasks, dict):
-        c.fail((*key, "tasks"), f"tasks must map task names to their options, e.g. tasks: {{mlm: {{}}, itm: "
-                                f"{{weight: 0.5}}}}, got a {type(tasks).__name__}")
+        c.fail((*key, "tasks"), f"tasks must map task names to their options, e.g. tasks: {{TASK: {{}}, OTHER: "
+                                f"{{weight: 0.5}}}} (mmcore list-tasks lists them), got a {type(tasks).__name__}")
         return out
     if not tasks:
-        c.fail((*key, "tasks"), "a stage needs at least one task, e.g. tasks: {mlm: {}}")
+        c.fail((*key, "tasks"), "a stage needs at least one task, e.g. tasks: {TASK: {}} (mmcore list-tasks lists them)")
         return out
     provided = _provided(c, out["data"])
     for name, options in tasks.items():

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 H200_BF16_PEAK = 989.4e12  # dense bf16 tensor-core FLOP/s of an H200 SXM
 DATA_PHASES = ("read", "prepare", "collate", "fetch", "host_to_device")
 STEP_PHASES = ("masking", "forward", "backward", "optimizer")
+ENGINE_WORLD_IMAGES = 600  # pre-training images of the engine part's world (paper-size features: 36 x 2048)
 TOY_WORLD = ["train_images=24", "val_images=4", "test_images=4", "vqa_train_images=8", "retrieval_train_images=8",
              "gqa_train_images=4", "nlvr2_train_pairs=4", "max_regions=4", "feature_dim=16", "hard_negatives_top=5"]
 
@@ -147,6 +148,8 @@ def engine_part(device: torch.device, steps: int, dry_run: bool, cache_dir: Path
     overrides += [f"stages.{s}.max_steps={steps}" for s in ("token", "phrase", "sentence")]
     if dry_run:
         overrides += [f"datasets.synthworld.{o}" for o in TOY_WORLD]
+    else:  # a smaller world at the same feature size: generating it is not what is measured
+        overrides += [f"datasets.synthworld.train_images={ENGINE_WORLD_IMAGES}"]
         overrides += ["backbone.hidden_size=32", "backbone.num_attention_heads=2", "backbone.intermediate_size=64",
                       "backbone.x_layers=1"] + [f"stages.{s}.batch_size=4" for s in ("token", "phrase", "sentence")]
     _, plugins, resolved = prepare_recipe(ROOT / "recipes" / "paper" / "msp_tps_paper_size.yaml", tuple(overrides))

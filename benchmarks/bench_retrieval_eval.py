@@ -9,8 +9,10 @@ evaluation today (``RetrievalHead.score_matrix``: each caption's and each image'
 backbone's ``pair_encoder()``, only the cross-modality layers run per pair, the last one for the [CLS] positions
 only); ``whole pairs`` is the evaluation before that (every pair through ``Backbone.encode``, batches gathered
 by index), kept as the reference (``--no-old`` skips it) and checked against; the naive loop scores one pair per
-forward pass and reads each score back (``--naive-pairs`` of them; 0 skips it). Weights are random: the speed does not depend on
-them. Captions all have ``--tokens`` tokens ([CLS] and [SEP] included), images ``--regions`` real regions.
+forward pass and reads each score back (``--naive-pairs`` of them; 0 skips it). ``--repeat N`` times each of the
+first two N times, alternating, and reports the median run; on CPU the ratio is also given by process CPU time.
+Weights are random: the speed does not depend on them. Captions all have ``--tokens`` tokens ([CLS] and [SEP]
+included), images ``--regions`` real regions.
 """
 
 from __future__ import annotations

@@ -169,7 +169,8 @@ def engine_part(device: torch.device, steps: int, dry_run: bool, cache_dir: Path
             "gpu_utilisation_pct": util.mean, "utilisation_source": util.source,
             "data_path_s": data, "step_s": step, "data_to_step": data / max(step, 1e-9),
             "phases_s": dict(clock.seconds),
-            "stages": {name: {"samples": s["samples"], "seconds": s["seconds"]} for name, s in results["_stages"].items()}}
+            "stages": {name: {"samples": s["samples"], "seconds": s["seconds"]}
+                       for name, s in results["_stages"].items()}}
 
 
 # ----- part 3: retrieval --------------------------------------------------------------------------------------
@@ -250,7 +251,8 @@ def main(dry_run: bool, out: Path, parts: str, batches: str, engine_steps: int, 
     chosen = [p.strip() for p in parts.split(",") if p.strip()]
     start = time.perf_counter()
     report: dict[str, Any] = {"dry_run": dry_run, "parts": {}, "machine": {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()})"),
         "torch": torch.__version__, "cpus": os.cpu_count(), "load_average": os.getloadavg()[0]}}
     if "step" in chosen:
         sizes = [2, 4] if dry_run else [int(b) for b in batches.split(",")]
@@ -262,7 +264,8 @@ def main(dry_run: bool, out: Path, parts: str, batches: str, engine_steps: int, 
     report["elapsed_s"] = time.perf_counter() - start
     stem = "gpu_suite_dry_run" if dry_run else "gpu_suite"
     out.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out / f"{stem}.json", json.dumps(report, indent=2) + "\n"), (out / f"{stem}.md", markdown(report))):
+    for path, text in ((out / f"{stem}.json", json.dumps(report, indent=2) + "\n"),
+                       (out / f"{stem}.md", markdown(report))):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)

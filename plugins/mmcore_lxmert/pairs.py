@@ -44,7 +44,8 @@ class LxmertPairEncoder:
         bias = attention_bias(mask, model._compute_dtype(lang.device))
         for layer in model.encoder.layer:
             lang = layer(lang, bias)
-        return {_LANG: lang, _LANG_MASK: mask, **dict(zip(_LANG_QKV, model.encoder.x_layers[0].cross_projections(lang)))}
+        projections = model.encoder.x_layers[0].cross_projections(lang)
+        return {_LANG: lang, _LANG_MASK: mask, **dict(zip(_LANG_QKV, projections))}
 
     def images(self, fields: Batch) -> Batch:
         """Per image [I,O(+1),...]: the visual stream after the relationship layers (with the visual [CLS] region),
@@ -75,13 +76,13 @@ class LxmertPairEncoder:
         dtype = model._compute_dtype(lang.device)
         lang_bias = attention_bias(pairs[_LANG_MASK], dtype)
         visn_bias = attention_bias(pairs[_VISN_MASK], dtype) if _VISN_MASK in pairs else None
-        lang_qkv = tuple(pairs[k] for k in _LANG_QKV)
-        visn_qkv = tuple(pairs[k] for k in _VISN_QKV)
+        lang_qkv: tuple[Tensor, Tensor, Tensor] = (pairs[_LANG_QKV[0]], pairs[_LANG_QKV[1]], pairs[_LANG_QKV[2]])
+        visn_qkv: tuple[Tensor, Tensor, Tensor] = (pairs[_VISN_QKV[0]], pairs[_VISN_QKV[1]], pairs[_VISN_QKV[2]])
         layers = model.encoder.x_layers
         for index, layer in enumerate(layers):
             if index:
                 lang_qkv, visn_qkv = layer.cross_projections(lang), layer.cross_projections(visn)
-            lang, visn = layer.forward_projected(lang, lang_qkv, lang_bias, visn, visn_qkv, visn_bias,  # type: ignore[arg-type]
+            lang, visn = layer.forward_projected(lang, lang_qkv, lang_bias, visn, visn_qkv, visn_bias,
                                                  first_only=index == len(layers) - 1)
         pooled = model.pooler(lang)
         if model.visn_pooler is not None:

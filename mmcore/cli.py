@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,11 @@ from mmcore.shipped import complete_recipe
 
 # Whatever imports torch or loads plugins is imported inside the command that needs it, so that
 # `mmcore --help`, `--version` and shell completion answer at once (see mmcore.cli_lazy).
+
+# Idle OpenMP threads sleep rather than spin: beside other busy processes, spinning intra-op threads slowed a
+# stage more than tenfold (docs/benchmarks.md). OpenMP reads this once, when torch loads, which in this process
+# is later; an OMP_WAIT_POLICY already set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if TYPE_CHECKING:
     from mmcore.plugins import Plugins
 

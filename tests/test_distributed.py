@@ -93,7 +93,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(workdir):
                              cwd=workdir, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT))
     out = _finish(_torchrun(["run", "ddp.yaml", "--run-name", "two", *common], workdir))
-    assert out.count("results (%)") == 1  # rank 0 alone prints the tables
+    assert out.count("main results (%)") == 1  # rank 0 alone prints the tables
 
     single, double = (_records(workdir / "runs" / "ddp" / name) for name in ("one", "two"))
     # One record per logged step: rank 0 alone writes metrics.jsonl.

@@ -74,7 +74,7 @@ class StageRun:
 
 def stage_recipe(recipe: Path, stage: str, steps: int) -> tuple[Any, dict[str, Any]]:
     """(plugins, resolved recipe) holding only ``stage``, from fresh weights, for ``steps`` steps, no evaluation."""
-    from mmcore.cli import prepare_recipe
+    from mmcore.recipeload import prepare_recipe
 
     _, plugins, resolved = prepare_recipe(recipe, ("zero_shot=[]", "finetune=[]"))
     chosen = [s for s in resolved["stages"] if s["name"] == stage]

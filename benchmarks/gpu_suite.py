@@ -138,7 +138,7 @@ class UtilisationSampler:
 
 def engine_part(device: torch.device, steps: int, dry_run: bool, cache_dir: Path | None) -> dict[str, Any]:
     """The paper-size recipe's stages through the engine for ``steps`` steps each, no evaluation."""
-    from mmcore.cli import prepare_recipe
+    from mmcore.recipeload import prepare_recipe
     from mmcore.engine import Engine
     from mmcore.phases import PhaseClock, recording
     from mmcore.progress import Reporter
@@ -148,10 +148,10 @@ def engine_part(device: torch.device, steps: int, dry_run: bool, cache_dir: Path
     overrides += [f"stages.{s}.max_steps={steps}" for s in ("token", "phrase", "sentence")]
     if dry_run:
         overrides += [f"datasets.synthworld.{o}" for o in TOY_WORLD]
-    else:  # a smaller world at the same feature size: generating it is not what is measured
-        overrides += [f"datasets.synthworld.train_images={ENGINE_WORLD_IMAGES}"]
         overrides += ["backbone.hidden_size=32", "backbone.num_attention_heads=2", "backbone.intermediate_size=64",
                       "backbone.x_layers=1"] + [f"stages.{s}.batch_size=4" for s in ("token", "phrase", "sentence")]
+    else:  # a smaller world at the same feature size: generating it is not what is measured
+        overrides += [f"datasets.synthworld.train_images={ENGINE_WORLD_IMAGES}"]
     _, plugins, resolved = prepare_recipe(ROOT / "recipes" / "paper" / "msp_tps_paper_size.yaml", tuple(overrides))
     with tempfile.TemporaryDirectory(prefix="gpu_suite_") as tmp:
         run = RunDir.create(Path(tmp), resolved["name"], "run")

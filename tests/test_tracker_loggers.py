@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 from mmcore_loggers.runfiles import flat_params, numeric_metrics
+
+from mmcore.report import plots_available
 from tests.helpers import invoke
 from tests.test_end_to_end import write_recipe
 
@@ -82,7 +84,8 @@ def test_mlflow_holds_the_recipe_every_metric_at_its_step_and_the_files(run, tmp
         assert history == sorted(points), key
     names = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert "summary.md" in names
-    if "plots" in names:  # matplotlib installed: the loss curves and downstream bars
+    assert ("plots" in names) == plots_available()  # with matplotlib: the loss curves and downstream bars
+    if plots_available():
         assert {Path(a.path).suffix for a in client.list_artifacts(found.info.run_id, "plots")} == {".png"}
     local = client.download_artifacts(found.info.run_id, "summary.md", str(tmp_path))
     assert Path(local).read_text() == (run / "summary.md").read_text()
@@ -139,6 +142,7 @@ def test_wandb_offline_run_holds_the_recipe_every_metric_at_its_step_and_the_fil
     files = {entry.path: entry.digest for entry in artifact.artifact.manifest.contents}
     assert files["summary.md"] == md5_b64(run / "summary.md")
     assert all(name == "summary.md" or (name.startswith("plots/") and name.endswith(".png")) for name in files)
+    assert (len(files) > 1) == plots_available()
     (finished,) = by_type["exit"]
     assert finished.exit.exit_code == 0
 

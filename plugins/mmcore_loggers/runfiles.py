@@ -56,9 +56,10 @@ def run_files(run_dir: Path) -> Iterator[list[Path]]:
 
 
 def _plots(run_dir: Path, out: Path) -> list[Path]:
-    from mmcore.report import collect, plots_available, write_report
+    from mmcore.report import collect, layout_for, plots_available, write_report
 
     if not plots_available() or not (run_dir / "results.json").is_file():
         return []
-    written = write_report(collect([run_dir]), out)
+    rows = collect([run_dir])
+    written = write_report(rows, out, layout_for(rows))
     return [p for p in written if p.suffix == ".png"]

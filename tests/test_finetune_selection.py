@@ -121,9 +121,9 @@ def test_a_retrieval_evaluation_resumes_from_the_engine_scratch_folder(tmp_path:
     with np.load(scratch / "scores.npz") as saved:
         done = int(saved["done"].sum())
     assert done == 3 * 8  # written every 3 batches of 8 pairs
-    count = [0]
-    handle = backbone.register_forward_hook(lambda module, args, kwargs, out: count.__setitem__(
-        0, count[0] + out.pooled.shape[0]), with_kwargs=True)
+    count = [0]  # pairs encoded: whole pairs and pairs through the backbone's pair encoder both end in its pooler
+    handle = backbone.pooler.register_forward_hook(lambda module, args, out: count.__setitem__(
+        0, count[0] + out.shape[0]))
     try:
         with torch.no_grad():
             resumed = head().score_matrix(backbone, view, ctx())

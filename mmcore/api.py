@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from mmcore.display import Metric
-from mmcore.errors import OptionError
+from mmcore.errors import MMCoreError, OptionError
 
 __all__ = [
     "PAIR_FIELDS", "TEXT_FIELDS", "IMAGE_FIELDS", "SECOND_IMAGE_SUFFIX", "SECOND_IMAGE_FIELDS", "Batch", "Example",
@@ -350,6 +350,10 @@ class Dataset:
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
 
     def __init__(self, options: dict[str, Any], cache_dir: Path) -> None:
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise MMCoreError(f"dataset {self.name!r}: unknown option(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(self.defaults))}")
         self.options = {**self.defaults, **options}
         self.cache_dir = cache_dir
 

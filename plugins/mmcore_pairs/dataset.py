@@ -64,10 +64,6 @@ class Pairs(Dataset):
     view_labels: ClassVar[dict[str, str]] = {"token": "T", "phrase": "P", "sentence": "S"}  # as in Table 4
 
     def __init__(self, options: dict[str, Any], cache_dir: Path) -> None:
-        unknown = sorted(set(options) - set(self.defaults))
-        if unknown:
-            raise MMCoreError(f"dataset 'pairs': unknown option(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(self.defaults))}")
         super().__init__(options, Path(cache_dir))
         if not self.options["root"]:
             raise MMCoreError("dataset 'pairs': option root is required (a prepared dataset directory or a folder "

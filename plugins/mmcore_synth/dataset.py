@@ -88,10 +88,6 @@ class SynthWorld(Dataset):
     view_labels: ClassVar[dict[str, str]] = {"token": "T", "phrase": "P", "sentence": "S"}  # as in Table 4
 
     def __init__(self, options: dict[str, Any], cache_dir: Path) -> None:
-        unknown = sorted(set(options) - set(self.defaults))
-        if unknown:
-            raise MMCoreError(f"dataset 'synthworld': unknown option(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(self.defaults))}")
         super().__init__(options, Path(cache_dir))
         self._check_options()
         self._store: FeatureStore | None = None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from mmcore import hookimpl
 from mmcore.errors import MMCoreError, PluginError
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from mmcore.registry import Registry
     from mmcore.rundir import RunDir
 
-hookimpl = pluggy.HookimplMarker("mmcore")
 JSONL = "jsonl"  # the core's logger: not a registry entry, because it cannot be turned off
 
 

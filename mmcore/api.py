@@ -25,7 +25,7 @@ and category words of their phrases, which the paper's phrase-stage MLM masks.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
@@ -46,7 +46,7 @@ from mmcore.errors import MMCoreError, OptionError
 __all__ = [
     "PAIR_FIELDS", "TEXT_FIELDS", "IMAGE_FIELDS", "SECOND_IMAGE_SUFFIX", "SECOND_IMAGE_FIELDS", "Batch", "Example",
     "DataInfo", "BackboneOutput", "Backbone", "BackboneFactory", "ExampleSource", "Task", "EvalContext", "Head",
-    "Dataset", "Metric", "OptionError", "init_bert_", "as_float_array",
+    "Dataset", "RunInfo", "Metric", "OptionError", "init_bert_", "as_float_array",
 ]
 
 Batch = dict[str, Any]
@@ -383,6 +383,25 @@ class Dataset:
         computed without reading any data. ``mmcore validate`` rejects a fine-tuning whose selection and
         evaluation splits share one. Default ``None``: not known, not checked."""
         return None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The run, as the run hooks (``mmcore_stage_start``, ``mmcore_stage_end``, ``mmcore_log``) see it: read-only
+    facts, one object per process for the whole run. See docs/plugins.md, "Hooks"."""
+
+    run_dir: Path  # the run directory: results.json, metrics.jsonl, checkpoints
+    recipe_name: str
+    # The resolved recipe, every default filled in: a read-only mapping over a copy (changing it changes nothing).
+    recipe: Mapping[str, Any] = field(repr=False)
+    seed: int
+    rank: int = 0  # this process among the training processes (torchrun); 0 of 1 without it
+    world_size: int = 1
+
+    @property
+    def is_main_process(self) -> bool:
+        """Rank 0: the process that writes the run directory and receives ``mmcore_log``."""
+        return self.rank == 0
 
 
 def init_bert_(module: nn.Module) -> nn.Module:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from mmcore import distributed
-from mmcore.api import Backbone, Batch, Dataset, Example, ExampleSource, Head, Task
+from mmcore.api import Backbone, Batch, Dataset, Example, ExampleSource, Head, RunInfo, Task
 from mmcore.blame import blame, blame_hook, call, failures_logged, position
 from mmcore.buildcheck import build_all
 from mmcore.checkpointing import (
@@ -73,9 +75,16 @@ class Engine:
         self.cache_dir = cache_dir or default_cache_dir()
         self.device = self.dist.device(pick_device(recipe["device"]))
         self.seed = int(recipe["seed"])
+        self.run_info = self._run_info()
         self._datasets: dict[str, Dataset] = {}
         self.results: dict[str, Any] = run.read_results()
         self._use_threads(threads)
+
+    def _run_info(self) -> RunInfo:
+        """What the run hooks receive as ``run``: read-only facts, not the engine (plugins must not reach into it)."""
+        return RunInfo(run_dir=self.run.path, recipe_name=str(self.recipe.get("name", "")),
+                       recipe=MappingProxyType(copy.deepcopy(self.recipe)), seed=self.seed, rank=self.dist.rank,
+                       world_size=self.dist.world_size)
 
     def _use_threads(self, cli: int | None) -> None:
         """Choose and set the intra-op thread count (``--threads``, ``OMP_NUM_THREADS``, the recipe's ``threads``, else
@@ -229,7 +238,7 @@ class Engine:
         name = stage["name"]
         position.enter(f"stage {name!r}")
         with blame_hook(self.registry, self.plugins.manager, "mmcore_stage_start"):
-            self.plugins.hook.mmcore_stage_start(run=self, stage=stage)
+            self.plugins.hook.mmcore_stage_start(run=self.run_info, stage=MappingProxyType(stage))
         files = self._files(self.run.stage_checkpoint(name), name, f"stage {name!r}")
         partial = files.begin()
         backbone, init = self._initial_backbone(stage, state)
@@ -286,7 +295,7 @@ class Engine:
         stages = self.results.setdefault("_stages", {})
         stages[name] = metrics
         self.run.write_results(self.results)
-        self.plugins.hook.mmcore_stage_end(run=self, stage=stage, metrics=metrics)
+        self.plugins.hook.mmcore_stage_end(run=self.run_info, stage=MappingProxyType(stage), metrics=metrics)
         return {"backbone": final["backbone"], "tasks": {**state["tasks"], **final["tasks"]}, "stage": name}
 
     def _files(self, final: Path, scope: str, what: str) -> CheckpointFiles:
@@ -313,7 +322,7 @@ class Engine:
         enabled logger receives it (see :mod:`mmcore.loggers`)."""
         if self.dist.is_main:  # the record is already reduced over processes
             with blame_hook(self.registry, self.plugins.manager, "mmcore_log"):
-                self.plugins.hook.mmcore_log(run=self, step=int(record["step"]), metrics=record)
+                self.plugins.hook.mmcore_log(run=self.run_info, step=int(record["step"]), metrics=record)
 
     def scratch(self, name: str) -> Path:
         """The folder of evaluation ``name`` for work that survives an interruption: ``<run>/eval/<name>/``."""

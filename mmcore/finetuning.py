@@ -18,13 +18,14 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from rich.markup import escape
 
-from mmcore.api import Backbone, Dataset, ExampleSource, Head, Task
+from mmcore.api import Backbone, Dataset, ExampleSource, Head, RunInfo, Task
 from mmcore.blame import blame, blame_hook, call, position
 from mmcore.checkpointing import CheckpointFiles, cpu_state, read_checkpoint
 from mmcore.data.collate import Collator
@@ -57,6 +58,7 @@ class Run(Protocol):
     dist: Dist
     device: torch.device
     seed: int
+    run_info: RunInfo
     tokenizer: Any
 
     def dataset(self, name: str) -> Dataset: ...
@@ -167,7 +169,7 @@ def finetune(engine: Run, item: dict[str, Any], state: dict[str, Any], pretraine
     name = item["name"]
     position.enter(f"fine-tuning {name!r}")
     with blame_hook(engine.registry, engine.plugins.manager, "mmcore_stage_start"):
-        engine.plugins.hook.mmcore_stage_start(run=engine, stage=item)
+        engine.plugins.hook.mmcore_stage_start(run=engine.run_info, stage=MappingProxyType(item))
     if WARNING in item:
         engine.reporter.message(f"[yellow]warning:[/yellow] {escape(item[WARNING])}")
     state, pretrained = start_state(engine, item, state, pretrained)
@@ -202,7 +204,8 @@ def finetune(engine: Run, item: dict[str, Any], state: dict[str, Any], pretraine
 
     metrics, predictions, intervals = engine.dist.on_main(evaluate)
     _say_if_at_floor(engine, name, head, metrics)
-    engine.plugins.hook.mmcore_stage_end(run=engine, stage=item, metrics=metrics)
+    engine.plugins.hook.mmcore_stage_end(run=engine.run_info, stage=MappingProxyType(item),
+                                         metrics=metrics)
     relative = {"predictions": Path(os.path.relpath(predictions, engine.run.path)).as_posix()} if predictions else {}
     warning = {"warning": item[WARNING]} if WARNING in item else {}  # selected on the data it reports, as allowed
     return {"kind": "finetune", "head": item["head"], **started_from(item), "split": item["eval_split"],

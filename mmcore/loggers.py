@@ -18,6 +18,7 @@ from mmcore import hookimpl
 from mmcore.errors import MMCoreError, PluginError
 
 if TYPE_CHECKING:
+    from mmcore.api import RunInfo
     from mmcore.checker import Checker
     from mmcore.recipe import Recipe
     from mmcore.registry import Registry
@@ -33,7 +34,7 @@ class JsonlLogger:
         self.run_dir = run_dir
 
     @hookimpl(tryfirst=True)  # the run's own file has the record before any other logger can fail on it
-    def mmcore_log(self, run: Any, step: int, metrics: dict[str, Any]) -> None:
+    def mmcore_log(self, run: RunInfo, step: int, metrics: dict[str, Any]) -> None:
         """Append ``metrics`` (the whole record) to ``metrics.jsonl``."""
         self.run_dir.log_metrics(metrics)
 

@@ -7,12 +7,15 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import mmcore
 from mmcore import MMCoreError
 from mmcore.data.fileio import write_json
 from mmcore_loggers.runfiles import flat_params, numeric_metrics, read_recipe, run_files
+
+if TYPE_CHECKING:  # annotations only: the api module imports torch
+    from mmcore.api import RunInfo
 
 # MLflow's limits: values of at most 6000 characters, at most 100 parameters and 1000 metrics per batch.
 MAX_VALUE, PARAM_BATCH, METRIC_BATCH = 6000, 100, 1000
@@ -68,7 +71,7 @@ class MlflowLogger:
         return str(saved["run_id"])
 
     @mmcore.hookimpl
-    def mmcore_log(self, run: Any, step: int, metrics: dict[str, Any]) -> None:
+    def mmcore_log(self, run: RunInfo, step: int, metrics: dict[str, Any]) -> None:
         """Every numeric value of the record as the metric ``<scope>/<name>`` at ``step``."""
         from mlflow.entities import Metric
 

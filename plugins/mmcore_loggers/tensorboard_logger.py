@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import mmcore
 from mmcore import MMCoreError
+
+if TYPE_CHECKING:  # annotations only: the api module imports torch
+    from collections.abc import Mapping
+
+    from mmcore.api import RunInfo
 
 # A record's coordinates, not metrics: ``step`` is the scalar's x-axis, ``epoch`` says where the step fell.
 COORDINATES = frozenset({"step", "epoch"})
@@ -28,7 +33,7 @@ class TensorBoardLogger:
         self.writer = SummaryWriter(log_dir=str(self.path))
 
     @mmcore.hookimpl
-    def mmcore_log(self, run: Any, step: int, metrics: dict[str, Any]) -> None:
+    def mmcore_log(self, run: RunInfo, step: int, metrics: dict[str, Any]) -> None:
         """Write each numeric value of the record (losses, lr, samples/s, validation metrics) as one scalar."""
         scope = str(metrics.get("scope", "run"))
         for key, value in metrics.items():
@@ -37,7 +42,7 @@ class TensorBoardLogger:
             self.writer.add_scalar(f"{scope}/{key}", value, global_step=step)
 
     @mmcore.hookimpl
-    def mmcore_stage_end(self, run: Any, stage: Any, metrics: dict[str, float]) -> None:
+    def mmcore_stage_end(self, run: RunInfo, stage: Mapping[str, Any], metrics: dict[str, float]) -> None:
         """Flush at each stage's end, so TensorBoard shows a finished stage at once."""
         self.writer.flush()
 

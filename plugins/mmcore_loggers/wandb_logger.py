@@ -5,11 +5,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import mmcore
 from mmcore import MMCoreError
 from mmcore_loggers.runfiles import numeric_metrics, read_recipe, run_files
+
+if TYPE_CHECKING:  # annotations only: the api module imports torch
+    from mmcore.api import RunInfo
 
 MODES = ("offline", "online", "disabled")
 
@@ -43,7 +46,7 @@ class WandbLogger:
                               settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
 
     @mmcore.hookimpl
-    def mmcore_log(self, run: Any, step: int, metrics: dict[str, Any]) -> None:
+    def mmcore_log(self, run: RunInfo, step: int, metrics: dict[str, Any]) -> None:
         """Every numeric value of the record as ``<scope>/<name>``, plotted against ``<scope>/step``."""
         values = numeric_metrics(metrics)
         if not values:

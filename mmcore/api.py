@@ -41,12 +41,14 @@ import torch
 from torch import Tensor, nn
 
 from mmcore.display import Metric
-from mmcore.errors import MMCoreError, OptionError
+from mmcore.errors import MMCoreError, OptionError, did_you_mean
+from mmcore.hubcache import local_path, not_found_hint
 
 __all__ = [
-    "PAIR_FIELDS", "TEXT_FIELDS", "IMAGE_FIELDS", "SECOND_IMAGE_SUFFIX", "SECOND_IMAGE_FIELDS", "Batch", "Example",
-    "DataInfo", "BackboneOutput", "Backbone", "BackboneFactory", "ExampleSource", "Task", "EvalContext", "Head",
-    "Dataset", "RunInfo", "Metric", "OptionError", "init_bert_", "as_float_array",
+    "PAIR_FIELDS", "TEXT_FIELDS", "IMAGE_FIELDS", "SECOND_IMAGE_SUFFIX", "SECOND_IMAGE_FIELDS", "FOCUS_SPANS",
+    "FOCUS_TOKENS", "Batch", "Example", "DataInfo", "BackboneOutput", "Backbone", "BackboneFactory", "PairEncoder",
+    "ExampleSource", "Task", "EvalContext", "Head", "Dataset", "RunInfo", "Metric", "MMCoreError", "OptionError",
+    "did_you_mean", "local_path", "not_found_hint", "init_bert_", "as_float_array",
 ]
 
 Batch = dict[str, Any]

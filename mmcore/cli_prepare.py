@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mmcore.data.datacheck import CheckReport, QuestionPrior, check, prior_score, report_dict
-from mmcore.data.extract import parse_options
+from mmcore.data.extract import build_extractor
 from mmcore.data.prepare import (
     NORMALISATIONS,
     QUESTION_KINDS,
@@ -27,7 +27,6 @@ from mmcore.data.prepare import (
 from mmcore.data.store import FeatureStore
 from mmcore.data.userdata import IMAGES_DIR, list_image_files, read_source
 from mmcore.errors import MMCoreError
-from mmcore.plugins import load_plugins
 from mmcore.progress import Reporter
 
 err_console = Console(stderr=True)
@@ -64,8 +63,7 @@ def prepare_command(source: Path, output: Path, extractor_name: str | None, extr
         if not extractor_name:
             raise MMCoreError("give --extractor NAME to extract SOURCE/images/ (mmcore data extractors lists them), "
                               "or --features STORE.h5")
-        entry = load_plugins().registry.get("extractor", extractor_name)
-        extractor = entry.factory(parse_options(extractor_options, entry.defaults, extractor_name))
+        extractor = build_extractor(extractor_name, extractor_options)
     options = PrepareOptions(extractor=extractor, features=features, tokenizer=tokenizer, vocab_size=vocab_size,
                              min_answer_count=min_answer_count, normalise=normalise)
     manifest = prepare(source, output, options, Reporter(err_console, quiet=quiet), overwrite=overwrite)

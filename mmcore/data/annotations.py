@@ -22,6 +22,11 @@ from typing import Any
 from mmcore.data.fileio import write_json, write_lines
 from mmcore.errors import DataError
 
+__all__ = ["read_pretrain", "write_pretrain", "pretrain_sentences", "read_vqa", "write_vqa", "vqa_soft_score",
+    "read_answer_table", "write_answer_table", "read_answer_file", "write_answer_file", "drop_unknown_answers",
+    "read_retrieval", "write_retrieval", "read_gqa", "write_gqa", "read_nlvr2", "write_nlvr2", "read_vocab_txt",
+    "write_vocab_txt"]
+
 PathLike = str | os.PathLike[str]
 ANS2LABEL = "trainval_ans2label.json"
 LABEL2ANS = "trainval_label2ans.json"

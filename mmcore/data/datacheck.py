@@ -11,6 +11,8 @@ from typing import Any
 
 from mmcore.data.userdata import Annotations, Record
 
+__all__ = ["QuestionPrior", "prior_score", "question_key"]
+
 ALL_TYPES = "all"
 
 

@@ -23,6 +23,8 @@ from mmcore.data.images import ImageReadError, image_decoder, list_images
 from mmcore.data.store import FeatureStoreWriter
 from mmcore.errors import MMCoreError
 
+__all__ = ["Regions", "Extractor", "ExtractResult", "parse_options", "build_extractor", "extract_folder"]
+
 
 @dataclass
 class Regions:
@@ -87,6 +89,15 @@ def parse_options(items: Sequence[str], defaults: dict[str, Any], extractor: str
                               f"(default {default!r}), got {value!r}")
         options[key] = float(value) if isinstance(default, float) else value
     return options
+
+
+def build_extractor(name: str, items: Sequence[str] = ()) -> Extractor:
+    """The registered extractor ``name`` built with ``KEY=VALUE`` options, checked as :func:`parse_options` does."""
+    from mmcore.plugins import load_plugins  # loading every plugin is needed only once an extractor is asked for
+
+    entry = load_plugins().registry.get("extractor", name)
+    extractor: Extractor = entry.factory(parse_options(items, entry.defaults, name))
+    return extractor
 
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",

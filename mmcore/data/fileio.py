@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+__all__ = ["atomic_path", "write_json", "write_lines"]
+
 
 def temp_path(path: Path) -> Path:
     """The temporary name a file is written under before it is renamed into place."""

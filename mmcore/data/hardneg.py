@@ -19,6 +19,8 @@ import numpy as np
 from mmcore.data.fileio import atomic_path
 from mmcore.errors import MMCoreError
 
+__all__ = ["nearest_images", "save_hard_negatives", "load_hard_negatives"]
+
 PathLike = str | os.PathLike[str]
 
 

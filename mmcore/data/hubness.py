@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["balancing_weights", "negative_frequencies"]
+
 
 def balancing_weights(members: np.ndarray, num_images: int) -> np.ndarray:
     """Draw weight [num_images] of each image: 1 / how many lists it is in (0 if none). ``members``: every

@@ -38,6 +38,9 @@ from mmcore.errors import MMCoreError
 from mmcore.hubcache import local_path, not_found_hint
 from mmcore.progress import Reporter
 
+__all__ = ["PrepareOptions", "prepare", "is_prepared", "read_manifest", "read_annotations", "content_hash",
+    "answer_table", "MANIFEST"]
+
 MANIFEST = "dataset.json"
 FORMAT = "mmcore-prepared-dataset"
 VERSION = 1
@@ -113,9 +116,11 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def prepare(source: Path, output: Path, options: PrepareOptions, reporter: Reporter,
-            overwrite: bool = False) -> dict[str, Any]:
-    """Build the dataset directory ``output`` from ``source``; returns its manifest."""
+def prepare(source: Path, output: Path, options: PrepareOptions, reporter: Reporter | None = None,
+            overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Build the dataset directory ``output`` from ``source``; returns its manifest. Progress bars go to
+    ``reporter``, else to standard error unless ``quiet``."""
+    reporter = reporter if reporter is not None else Reporter(quiet=quiet)
     if output.exists() and not overwrite:
         raise MMCoreError(f"{output} already exists; pass --overwrite to replace it")
     if options.features is None and not (source / IMAGES_DIR).is_dir():

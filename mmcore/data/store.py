@@ -38,6 +38,8 @@ from mmcore.errors import DataError, MMCoreError
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+__all__ = ["FeatureStore", "FeatureStoreWriter", "write_feature_store", "CACHE_MODES", "FORMAT_VERSION"]
+
 FORMAT_VERSION = 1
 # Where a store's visual fields live while training: read per example from the file, held in host memory, or
 # held as device tensors and gathered per batch on the device (see mmcore.data.devicecache).

@@ -12,6 +12,8 @@ from mmcore.data.fileio import write_lines
 from mmcore.errors import MMCoreError
 from mmcore.hubcache import local_path, not_found_hint
 
+__all__ = ["SPECIAL_TOKENS", "build_wordpiece", "load_tokenizer", "word_token_ids"]
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_FILE = "vocab.txt"
 

@@ -31,6 +31,8 @@ from mmcore.data.annotations import vqa_soft_score
 from mmcore.data.images import IMAGE_SUFFIXES
 from mmcore.errors import MMCoreError
 
+__all__ = ["Record", "Annotations", "IMAGES_DIR", "SPLITS", "read_source"]
+
 SPLITS = ("train", "val", "test")
 # kind -> (required keys, optional keys)
 SCHEMAS: dict[str, tuple[frozenset[str], frozenset[str]]] = {

@@ -18,6 +18,9 @@ from mmcore.api import FOCUS_SPANS, SECOND_IMAGE_SUFFIX, Example
 from mmcore.data.store import FeatureStore
 from mmcore.errors import MMCoreError
 
+__all__ = ["PairView", "AnswerView", "CaptionRankingView", "TwoImageView", "WordMarker", "token_pairs",
+    "remove_verb_phrases", "join_phrases", "phrase_descriptions"]
+
 _REJECTION_TRIES = 64
 _WORD = re.compile(r"\w+")
 

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mmcore import MMCoreError
 from mmcore.data.annotations import read_vocab_txt
 from mmcore.data.extract import Extractor, Regions
-from mmcore.errors import MMCoreError
 
 NAME = "torchvision_detector"
 

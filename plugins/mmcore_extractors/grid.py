@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mmcore import MMCoreError
 from mmcore.data.extract import Extractor, Regions
-from mmcore.errors import MMCoreError
 
 COLOUR_BINS = 4
 ORIENTATION_BINS = 9

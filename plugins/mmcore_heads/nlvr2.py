@@ -18,11 +18,11 @@ from mmcore.api import (
     EvalContext,
     ExampleSource,
     Head,
+    MMCoreError,
     Metric,
     Task,
     init_bert_,
 )
-from mmcore.errors import MMCoreError
 from mmcore_heads.metrics import classification_hits
 from mmcore_heads.predictions import write_nlvr2_predictions
 

@@ -24,11 +24,11 @@ from mmcore.api import (
     Example,
     ExampleSource,
     Head,
+    MMCoreError,
     Metric,
     Task,
     init_bert_,
 )
-from mmcore.errors import MMCoreError
 from mmcore_heads.metrics import DEFAULT_KS, first_caption_tr, recall_at_k, recall_hits
 from mmcore_heads.scoring import (
     ScoreMatrix,

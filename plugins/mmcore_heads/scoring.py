@@ -24,9 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mmcore.api import TEXT_FIELDS, Batch, EvalContext, Example, PairEncoder
+from mmcore.api import TEXT_FIELDS, Batch, EvalContext, Example, MMCoreError, PairEncoder
 from mmcore.data.fileio import atomic_path
-from mmcore.errors import MMCoreError
 
 ScoreFn = Callable[[Batch], Tensor]
 # What Backbone.encode reads of an image; the other visual fields (detector labels) are kept but not gathered.

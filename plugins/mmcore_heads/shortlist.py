@@ -21,8 +21,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from mmcore.api import Backbone, DataInfo, EvalContext
-from mmcore.errors import MMCoreError
+from mmcore.api import Backbone, DataInfo, EvalContext, MMCoreError
 from mmcore_heads.scoring import PairInputs
 
 FIRST_STAGES = ("labels", "backbone")

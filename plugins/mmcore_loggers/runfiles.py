@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from mmcore.runplots import run_plots
+
 RESOLVED = "recipe.resolved.yaml"
 # A record's coordinates and labels, not metrics: ``step`` is the x-axis, ``scope`` names the stage or evaluation.
 COORDINATES = frozenset({"step", "epoch", "scope"})
@@ -51,15 +53,5 @@ def run_files(run_dir: Path) -> Iterator[list[Path]]:
     run_dir = Path(run_dir)
     files = [p for p in (run_dir / "summary.md",) if p.is_file()]
     with tempfile.TemporaryDirectory(prefix="mmcore-plots-") as tmp:
-        files += _plots(run_dir, Path(tmp))
+        files += run_plots(run_dir, Path(tmp))
         yield files
-
-
-def _plots(run_dir: Path, out: Path) -> list[Path]:
-    from mmcore.report import collect, layout_for, plots_available, write_report
-
-    if not plots_available() or not (run_dir / "results.json").is_file():
-        return []
-    rows = collect([run_dir])
-    written = write_report(rows, out, layout_for(rows))
-    return [p for p in written if p.suffix == ".png"]

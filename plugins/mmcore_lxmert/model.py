@@ -27,8 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmcore.api import Backbone, BackboneOutput
-from mmcore.errors import MMCoreError
+from mmcore.api import Backbone, BackboneOutput, MMCoreError
 from mmcore_lxmert.layers import (
     LAYER_NORM_EPS,
     CrossModalityLayer,

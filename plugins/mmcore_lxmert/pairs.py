@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from mmcore.api import Batch
-from mmcore.errors import MMCoreError
+from mmcore.api import Batch, MMCoreError
 from mmcore_lxmert.layers import attention_bias
 
 if TYPE_CHECKING:

@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import mmcore
-from mmcore.api import DataInfo
-from mmcore.errors import MMCoreError, did_you_mean
-from mmcore.hubcache import local_path, not_found_hint
-from mmcore.registry import Registry
+from mmcore import Registry
+from mmcore.api import DataInfo, MMCoreError, did_you_mean, local_path, not_found_hint
 from mmcore_lxmert.model import DATA_FIELDS, Lxmert, LxmertConfig
 from mmcore_lxmert.weights import export_pretrained, load_weights
 

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mmcore import MMCoreError
 from mmcore.data.fileio import atomic_path, write_json
-from mmcore.errors import MMCoreError
 from mmcore_lxmert.layers import LAYER_NORM_EPS
 from mmcore_lxmert.model import Lxmert
 

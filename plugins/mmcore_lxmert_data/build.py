@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mmcore.api import FOCUS_SPANS, ExampleSource
+from mmcore.api import FOCUS_SPANS, ExampleSource, MMCoreError
 from mmcore.data import annotations as ann
 from mmcore.data.views import (
     AnswerView,
@@ -19,7 +19,6 @@ from mmcore.data.views import (
     phrase_descriptions,
     token_pairs,
 )
-from mmcore.errors import MMCoreError
 from mmcore_lxmert_data.stores import StoreUnion
 
 if TYPE_CHECKING:

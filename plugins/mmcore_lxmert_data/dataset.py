@@ -42,18 +42,11 @@ from typing import Any, ClassVar
 
 import h5py
 
-from mmcore.api import (
-    PAIR_FIELDS,
-    SECOND_IMAGE_FIELDS,
-    DataInfo,
-    Dataset,
-    ExampleSource,
-)
+from mmcore.api import PAIR_FIELDS, SECOND_IMAGE_FIELDS, DataInfo, Dataset, ExampleSource, MMCoreError
 from mmcore.data import annotations as ann
 from mmcore.data.hardneg import load_hard_negatives
 from mmcore.data.store import CACHE_MODES, FeatureStore
 from mmcore.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, word_token_ids
-from mmcore.errors import MMCoreError
 from mmcore_lxmert_data.stores import StoreUnion
 from mmcore_lxmert_data.verbs import load_verb_filter
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcore.api import Example
+from mmcore.api import Example, MMCoreError
 from mmcore.data.store import FeatureStore
-from mmcore.errors import MMCoreError
 
 
 class StoreUnion:

@@ -23,7 +23,7 @@ import importlib
 import re
 from collections.abc import Callable
 
-from mmcore.errors import MMCoreError
+from mmcore import MMCoreError
 
 VerbFilter = Callable[[str], bool]
 

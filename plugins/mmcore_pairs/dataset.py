@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mmcore.api import PAIR_FIELDS, SECOND_IMAGE_FIELDS, DataInfo, Dataset, ExampleSource
+from mmcore.api import PAIR_FIELDS, SECOND_IMAGE_FIELDS, DataInfo, Dataset, ExampleSource, MMCoreError
 from mmcore.data.annotations import read_vocab_txt
 from mmcore.data.datacheck import QuestionPrior, prior_score
-from mmcore.data.extract import parse_options
+from mmcore.data.extract import build_extractor
 from mmcore.data.hardneg import load_hard_negatives
 from mmcore.data.prepare import (
     PrepareOptions,
@@ -25,8 +25,6 @@ from mmcore.data.prepare import (
 from mmcore.data.store import CACHE_MODES, FeatureStore
 from mmcore.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, word_token_ids
 from mmcore.data.userdata import Annotations
-from mmcore.errors import MMCoreError
-from mmcore.progress import Reporter
 from mmcore_pairs.views import build_view
 
 # The annotation kind each view reads (retrieval falls back to the captions when there is no retrieval file).
@@ -84,15 +82,12 @@ class Pairs(Dataset):
     # ---- preparation ----------------------------------------------------------------------------------------
 
     def _prepare_options(self) -> PrepareOptions:
-        from mmcore.plugins import load_plugins
-
-        entry = load_plugins().registry.get("extractor", str(self.options["extractor"]))
         extra = self.options["extractor_options"]
         if not isinstance(extra, dict):
             raise MMCoreError("dataset 'pairs': option extractor_options must be a mapping")
         items = [f"{k}={json.dumps(v)}" for k, v in extra.items()]
         tokenizer = Path(self.options["tokenizer"]).expanduser() if self.options["tokenizer"] else None
-        return PrepareOptions(extractor=entry.factory(parse_options(items, entry.defaults, entry.name)),
+        return PrepareOptions(extractor=build_extractor(str(self.options["extractor"]), items),
                               tokenizer=tokenizer, vocab_size=int(self.options["vocab_size"]),
                               min_answer_count=int(self.options["min_answer_count"]),
                               normalise=str(self.options["normalise"]))
@@ -109,7 +104,7 @@ class Pairs(Dataset):
         if not is_prepared(target):
             if progress is not None:
                 progress(f"pairs: preparing {self.root} into {target}")
-            prepare(self.root, target, options, Reporter(quiet=progress is None), overwrite=True)
+            prepare(self.root, target, options, overwrite=True, quiet=progress is None)
         self._directory = target
 
     @property

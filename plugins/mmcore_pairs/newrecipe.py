@@ -9,9 +9,9 @@ from typing import Any
 import click
 import yaml
 
+from mmcore import MMCoreError
 from mmcore.data.fileio import atomic_path
 from mmcore.data.prepare import read_manifest
-from mmcore.errors import MMCoreError
 
 # Fine-tuning settings of recipes/base/downstream.yaml and downstream_all.yaml (batch 32, the paper's epochs).
 _FINETUNE = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mmcore.api import ExampleSource
+from mmcore.api import ExampleSource, MMCoreError
 from mmcore.data.userdata import Record
 from mmcore.data.views import (
     AnswerView,
@@ -14,7 +14,6 @@ from mmcore.data.views import (
     phrase_descriptions,
     token_pairs,
 )
-from mmcore.errors import MMCoreError
 
 if TYPE_CHECKING:
     from mmcore_pairs.dataset import Pairs

@@ -8,8 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from mmcore.api import FOCUS_TOKENS, Backbone, BackboneOutput, Batch, DataInfo, Task
-from mmcore.errors import MMCoreError
+from mmcore.api import FOCUS_TOKENS, Backbone, BackboneOutput, Batch, DataInfo, MMCoreError, Task
 
 from .fields import FORWARD_FIELDS, IGNORE_INDEX
 from .heads import ObjectHead, TiedLMHead, regression_head

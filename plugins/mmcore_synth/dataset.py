@@ -12,13 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mmcore.api import (
-    PAIR_FIELDS,
-    SECOND_IMAGE_FIELDS,
-    DataInfo,
-    Dataset,
-    ExampleSource,
-)
+from mmcore.api import PAIR_FIELDS, SECOND_IMAGE_FIELDS, DataInfo, Dataset, ExampleSource, MMCoreError
 from mmcore.data import annotations as ann
 from mmcore.data.hardneg import load_hard_negatives
 from mmcore.data.store import CACHE_MODES, FeatureStore
@@ -33,7 +27,6 @@ from mmcore.data.views import (
     remove_verb_phrases,
     token_pairs,
 )
-from mmcore.errors import MMCoreError
 from mmcore_synth.generate import GENERATOR_VERSION, GQA_ANSWERS, generate, image_ids
 from mmcore_synth.world import VERBS
 

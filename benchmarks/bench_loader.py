@@ -23,7 +23,7 @@ from mmcore_synth.dataset import SynthWorld
 from mmcore.api import Batch
 from mmcore.data.collate import Collator, to_device
 from mmcore.data.loader import Batches
-from mmcore.engine import default_cache_dir
+from mmcore.context import default_cache_dir
 from mmcore.plugins import load_plugins
 from mmcore.training import EpochSampler, MixedExamples, PrepareCollate, make_optimizer
 

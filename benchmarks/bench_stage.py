@@ -4,7 +4,7 @@
     python benchmarks/bench_stage.py --stage sentence --steps 60 --repeat 3
     python benchmarks/bench_stage.py --stage token --busy 1   # beside one busy process: thread counts compared
 
-The engine run is ``Engine.execute`` on the recipe with that stage alone (fresh weights, ``--steps`` steps, no
+The engine run is ``Engine.execute`` (over a freshly opened ``RunContext``) on the recipe with that stage alone (fresh weights, ``--steps`` steps, no
 evaluation): data view, per-example prepare, tokenise/collate, masking, step, logging to ``metrics.jsonl`` and the
 stage's checkpoint, as the recipe configures them. Its samples/s is over the stage's wall clock (from the first
 batch read to the checkpoint written). The bare step then runs the same stage's model, tasks and optimiser on the
@@ -39,6 +39,8 @@ import torch
 
 from mmcore.data.collate import Collator
 from mmcore.data.loader import Batches
+from mmcore.builders import build_backbone, build_tasks
+from mmcore.context import RunContext
 from mmcore.engine import Engine
 from mmcore.phases import PhaseClock, recording
 from mmcore.progress import Reporter
@@ -88,8 +90,8 @@ def run_engine(plugins: Any, resolved: dict[str, Any], cache_dir: Path | None, t
     """The stage through ``Engine.execute`` in a temporary run directory, its phases recorded."""
     with tempfile.TemporaryDirectory(prefix="bench_stage_") as tmp:
         run = RunDir.create(Path(tmp), resolved["name"], "run")
-        engine = Engine(resolved, plugins, run, Reporter(quiet=True), cache_dir, threads)
-        engine.primary_dataset()  # generating or loading the world is not part of the stage
+        # Opening the context prepares the world: generating or loading it is not part of the stage.
+        engine = Engine(RunContext.open(resolved, plugins, run, Reporter(quiet=True), cache_dir, threads))
         clock = PhaseClock()
         with recording(clock):
             results = engine.execute()
@@ -103,23 +105,20 @@ class BareStep:
     """The stage's model, tasks and optimiser, and its batches made beforehand: times the step alone."""
 
     def __init__(self, plugins: Any, resolved: dict[str, Any], cache_dir: Path | None) -> None:
-        with tempfile.TemporaryDirectory(prefix="bench_stage_") as tmp:
-            engine = Engine(resolved, plugins, RunDir(Path(tmp)), Reporter(quiet=True), cache_dir)
-        stage, seed = resolved["stages"][0], int(resolved["seed"])
-        engine.info = engine.primary_dataset().info()
-        engine.tokenizer = engine.primary_dataset().tokenizer()
+        ctx = RunContext.open(resolved, plugins, None, Reporter(quiet=True), cache_dir)  # writes no run
+        stage, seed = resolved["stages"][0], ctx.seed
         torch.manual_seed(seed)
-        self.backbone = engine.build_backbone()
-        self.tasks = engine.build_tasks(stage, self.backbone)
+        self.backbone = build_backbone(ctx)
+        self.tasks = build_tasks(ctx, stage, self.backbone)
         self.weights = {name: float(opts["weight"]) for name, opts in stage["tasks"].items()}
-        self.batches = self._batches(engine, stage, seed)
+        self.batches = self._batches(ctx, stage, seed)
         self.stage, self.seed = stage, seed
 
-    def _batches(self, engine: Engine, stage: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    def _batches(self, ctx: RunContext, stage: dict[str, Any], seed: int) -> list[dict[str, Any]]:
         # The engine's sampler and collate for stage index 0, with its seeds: the batches its loop saw.
-        _, data = engine.views(stage["data"])
+        _, data = ctx.views(stage["data"])
         prepare = [_listed(task.prepare) for task in self.tasks.values()]
-        collate = PrepareCollate(prepare, Collator(engine.tokenizer, stage["max_text_len"]), engine.dist.seed(seed))
+        collate = PrepareCollate(prepare, Collator(ctx.tokenizer, stage["max_text_len"]), ctx.processes.seed(seed))
         sampler = EpochSampler(data, [d["weight"] for d in stage["data"]], seed)
         out: list[dict[str, Any]] = []
         epoch = 0

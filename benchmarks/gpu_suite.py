@@ -139,6 +139,7 @@ class UtilisationSampler:
 def engine_part(device: torch.device, steps: int, dry_run: bool, cache_dir: Path | None) -> dict[str, Any]:
     """The paper-size recipe's stages through the engine for ``steps`` steps each, no evaluation."""
     from mmcore.recipeload import prepare_recipe
+    from mmcore.context import RunContext
     from mmcore.engine import Engine
     from mmcore.phases import PhaseClock, recording
     from mmcore.progress import Reporter
@@ -155,8 +156,8 @@ def engine_part(device: torch.device, steps: int, dry_run: bool, cache_dir: Path
     _, plugins, resolved = prepare_recipe(ROOT / "recipes" / "paper" / "msp_tps_paper_size.yaml", tuple(overrides))
     with tempfile.TemporaryDirectory(prefix="gpu_suite_") as tmp:
         run = RunDir.create(Path(tmp), resolved["name"], "run")
-        engine = Engine(resolved, plugins, run, Reporter(quiet=True), cache_dir)
-        engine.primary_dataset()  # generating the world is not part of the measurement
+        # Opening the context prepares the world: generating it is not part of the measurement.
+        engine = Engine(RunContext.open(resolved, plugins, run, Reporter(quiet=True), cache_dir))
         clock = PhaseClock()
         with UtilisationSampler(device) as util, recording(clock):
             results = engine.execute()

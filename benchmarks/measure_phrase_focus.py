@@ -14,7 +14,7 @@ import torch
 
 from mmcore.api import FOCUS_TOKENS
 from mmcore.data.collate import Collator
-from mmcore.engine import default_cache_dir
+from mmcore.context import default_cache_dir
 from mmcore.plugins import load_plugins
 from mmcore.recipe import load_recipe
 from mmcore.validate import resolve

@@ -21,6 +21,7 @@ import torch
 
 from mmcore.api import DataInfo
 from mmcore.blame import blame, call
+from mmcore.context import primary_dataset_name
 from mmcore.errors import MMCoreError, OptionError, RecipeError
 from mmcore.registry import Entry, Registry
 
@@ -76,17 +77,13 @@ def build_with_data(recipe: dict[str, Any], registry: Registry, cache_dir: Path,
                     progress: Callable[[str], None] | None = None) -> None:
     """``mmcore validate --build``: prepare the recipe's first dataset (cached, as a run would) for its
     :class:`~mmcore.api.DataInfo`, then :func:`build_all`."""
-    where = "mmcore validate --build"
-    for section in ("stages", "finetune", "zero_shot"):
-        for item in recipe[section]:
-            if item["data"]:
-                name = item["data"][0]["dataset"]
-                entry = registry.get("dataset", name)
-                options = recipe["datasets"].get(name, dict(entry.defaults))
-                with blame(registry, entry, "prepare", where):
-                    dataset = entry.factory(options, cache_dir)
-                    dataset.prepare(progress)
-                    info = dataset.info()
-                build_all(recipe, registry, info)
-                return
-    raise MMCoreError("the recipe uses no data, so nothing sizes its backbone, tasks and heads")
+    name = primary_dataset_name(recipe)
+    if name is None:
+        raise MMCoreError("the recipe uses no data, so nothing sizes its backbone, tasks and heads")
+    entry = registry.get("dataset", name)
+    options = recipe["datasets"].get(name, dict(entry.defaults))
+    with blame(registry, entry, "prepare", "mmcore validate --build"):
+        dataset = entry.factory(options, cache_dir)
+        dataset.prepare(progress)
+        info = dataset.info()
+    build_all(recipe, registry, info)

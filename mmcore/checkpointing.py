@@ -1,5 +1,6 @@
 """Checkpoints: reading them safely, the random-number state of a process, and the two files of a stage or
-fine-tuning (``checkpoint.pt`` once it is complete, ``partial.pt`` for the latest step inside it).
+fine-tuning (``checkpoint.pt`` once it is complete, ``partial.pt`` for the latest step inside it) with the training
+loop's arguments that write and resume them.
 
 A checkpoint holds tensors and plain values only (read with ``weights_only``), so every state below is stored
 as lists, numbers and tensors.
@@ -10,9 +11,9 @@ from __future__ import annotations
 import pickle
 import random
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from torch import Tensor, nn
 from mmcore.api import Backbone
 from mmcore.errors import MMCoreError
 from mmcore.rundir import RunDir
+
+if TYPE_CHECKING:
+    from mmcore.distributed import Dist
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -177,3 +181,16 @@ class CheckpointFiles:
         """Remove a leftover ``partial.pt`` (its scope is complete)."""
         if self.run.main:
             self.partial.unlink(missing_ok=True)
+
+
+def loop_checkpoints(item: dict[str, Any], files: CheckpointFiles, partial: dict[str, Any] | None,
+                     saved: Callable[[], dict[str, Any]], dist: Dist) -> dict[str, Any]:
+    """train_loop's arguments for accumulation, data-loader workers, checkpoints inside a stage or fine-tuning, and
+    resuming one (``saved``: the record to checkpoint, without its training state)."""
+    def checkpoint(training: dict[str, Any]) -> None:
+        if files.run.main:  # the others would copy their weights only to drop them
+            files.save_partial({**saved(), "step": training["step"], "training": training})
+
+    resume = None if partial is None else {**partial["training"], "path": str(files.partial)}
+    return {"grad_accum": item["grad_accum"], "checkpoint_every": item["checkpoint_every"],
+            "checkpoint": checkpoint, "resume": resume, "dist": dist, "num_workers": item["num_workers"]}

@@ -79,7 +79,7 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], seed_overrides: tu
     complete is skipped, a partial one is resumed, so the same command continues an interrupted batch.
     """
     from mmcore.blame import enable_debug
-    from mmcore.engine import Engine
+    from mmcore.engine import run_recipe
     from mmcore.progress import Reporter
     from mmcore.recipe import dump_recipe
     from mmcore.rundir import RunDir, atomic_write_text
@@ -116,7 +116,7 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], seed_overrides: tu
     reporter = Reporter(err_console, quiet=quiet)
     reporter.message(f"[bold]mmcore[/bold] run [cyan]{resolved['name']}[/cyan] → {run_dir.path}")
     try:
-        results = Engine(resolved, plugins, run_dir, reporter, cache_dir, threads).execute()
+        results = run_recipe(resolved, plugins, run_dir, reporter, cache_dir, threads)
     except MMCoreError:
         if resume is None and run_dir.main:
             _remove_unstarted(run_dir.path)
@@ -212,7 +212,7 @@ def validate(recipes: tuple[str, ...], overrides: tuple[str, ...], build: bool =
 
 def _build(plugins: Plugins, resolved: dict[str, Any], cache_dir: Path | None) -> None:
     from mmcore.buildcheck import build_with_data
-    from mmcore.engine import default_cache_dir
+    from mmcore.context import default_cache_dir
 
     build_with_data(resolved, plugins.registry, cache_dir or default_cache_dir(),
                     lambda message: err_console.print(message, highlight=False))
@@ -252,22 +252,17 @@ def params(recipe: str, overrides: tuple[str, ...], cache_dir: Path | None) -> N
     """Count the recipe's backbone parameters (sized by its first dataset), by the parts the backbone reports."""
     import torch
 
-    from mmcore.engine import default_cache_dir
+    from mmcore.builders import new_backbone
+    from mmcore.context import RunContext, primary_dataset_name
+    from mmcore.progress import Reporter
 
     _, plugins, resolved = prepare_recipe(recipe, overrides)
-    data = [item["data"][0] for section in ("stages", "finetune", "zero_shot") for item in resolved[section]
-            if item["data"]]
-    if not data:
+    if primary_dataset_name(resolved) is None:
         raise MMCoreError(f"{recipe}: the recipe uses no data, so nothing sizes the backbone's vocabulary and features")
-    name = data[0]["dataset"]
-    entry = plugins.registry.get("dataset", name)
-    dataset = entry.factory(resolved["datasets"].get(name, dict(entry.defaults)), cache_dir or default_cache_dir())
-    dataset.prepare(lambda message: err_console.print(message, highlight=False))
-    spec = dict(resolved["backbone"])
-    backbone_name = spec.pop("name")
+    ctx = RunContext.open(resolved, plugins, None, Reporter(err_console), cache_dir)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        backbone = plugins.registry.get("backbone", backbone_name).factory(spec, dataset.info())
-    table = Table(title=f"parameters of {backbone_name} ({recipe})")
+        backbone = new_backbone(ctx)
+    table = Table(title=f"parameters of {resolved['backbone']['name']} ({recipe})")
     table.add_column("part")
     table.add_column("parameters", justify="right")
     table.add_column("millions", justify="right")

@@ -3,7 +3,7 @@
 TARGET is a run directory (its fine-tuning of the head: the selected ``best.pt`` when there is one, else
 ``checkpoint.pt``; or with ``--zero-shot`` its final pre-training stage) or a checkpoint file (``finetune/<name>/checkpoint.pt`` or ``stages/<name>/checkpoint.pt``; one outside a run
 directory needs ``--recipe``). The backbone, pre-trained tasks and head are built through the registry by the
-engine's builders, the weights loaded, the view evaluated; the metrics are printed and written as JSON next to
+run's builders, the weights loaded, the view evaluated; the metrics are printed and written as JSON next to
 the checkpoint.
 """
 
@@ -239,24 +239,23 @@ def result_path(found: Target, head: str, dataset: str, view: str, split: str, i
 
 def run_evaluation(plugins: Any, resolved: dict[str, Any], found: Target, head_name: str, options: dict[str, Any],
                    data: tuple[str, str, str], max_text_len: int, reporter: Any, cache_dir: Path | None) -> dict[str, float]:
-    """Build backbone, pre-trained tasks and head with the engine's builders, load the checkpoint, evaluate the view."""
+    """Build backbone, pre-trained tasks and head with the run's builders, load the checkpoint, evaluate the view."""
+    from mmcore.builders import build_backbone, build_head, pretrained_tasks
     from mmcore.checkpointing import check_fits, read_checkpoint
-    from mmcore.engine import Engine
+    from mmcore.context import RunContext
+    from mmcore.evaluation import evaluate
 
-    engine = Engine(resolved, plugins, RunDir(found.run or found.checkpoint.parent), reporter, cache_dir)
-    try:
-        sizing = engine.primary_dataset()
-    except MMCoreError:  # a recipe without data: the evaluated dataset sizes the model
-        sizing = engine.dataset(data[0])
-    engine.info, engine.tokenizer = sizing.info(), sizing.tokenizer()
+    # A recipe without data: the evaluated dataset sizes the model.
+    ctx = RunContext.open(resolved, plugins, RunDir(found.run or found.checkpoint.parent), reporter, cache_dir,
+                          sizing=data[0])
     ckpt = read_checkpoint(found.checkpoint)
-    torch.manual_seed(int(resolved["seed"]))
-    backbone = engine.build_backbone()
+    torch.manual_seed(ctx.seed)
+    backbone = build_backbone(ctx)
     check_fits(ckpt["backbone"], backbone, "mmcore evaluate", str(found.checkpoint))
     backbone.load_state_dict(ckpt["backbone"])
     state = {"backbone": ckpt["backbone"], "tasks": stage_task_states(found, ckpt), "stage": None}
-    pretrained = engine.pretrained_tasks(state) if found.kind == "zero_shot" else {}
-    head = engine.build_head({"head": head_name, "options": options}, pretrained, backbone.hidden_size)
+    pretrained = pretrained_tasks(ctx, state) if found.kind == "zero_shot" else {}
+    head = build_head(ctx, {"head": head_name, "options": options}, pretrained, backbone.hidden_size)
     if found.kind == "finetune":
         try:
             head.load_state_dict(ckpt["head"])
@@ -268,7 +267,7 @@ def run_evaluation(plugins: Any, resolved: dict[str, Any], found: Target, head_n
                           f"no zero-shot head in {found.checkpoint}, whose stage trained no task it can start from "
                           f"(it trained {', '.join(ckpt.get('tasks', {})) or 'none'})")
     item = {"data": [{"dataset": data[0], "view": data[1], "split": data[2]}], "max_text_len": max_text_len}
-    return engine.evaluate(head, backbone, item, data[2])
+    return evaluate(ctx, head, backbone, item, data[2])
 
 
 def stage_task_states(found: Target, ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def inspect(run_dir: Path, question_id: str, caption_image: str | None, split: s
     pre-trained matching head (zero-shot). Example: mmcore inspect runs/inspect_msp/<run> --example 160002
     """
     from mmcore.console import err_console, stdout_console
-    from mmcore.engine import Engine
+    from mmcore.context import RunContext
     from mmcore.inspect import answer_text, caption_text, inspect_example, write_outputs
     from mmcore.progress import Reporter
     from mmcore.recipeload import prepare_recipe
@@ -54,10 +54,8 @@ def inspect(run_dir: Path, question_id: str, caption_image: str | None, split: s
         if not DEVICE.match(device):
             raise MMCoreError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
         resolved["device"] = device
-    engine = Engine(resolved, plugins, RunDir.open(run_dir), Reporter(err_console, quiet=True), cache_dir)
-    sizing = engine.primary_dataset()
-    engine.info, engine.tokenizer = sizing.info(), sizing.tokenizer()
-    ins = inspect_example(engine, question_id, caption_image, answer_head=answer_head,
+    ctx = RunContext.open(resolved, plugins, RunDir.open(run_dir), Reporter(err_console, quiet=True), cache_dir)
+    ins = inspect_example(ctx, question_id, caption_image, answer_head=answer_head,
                           caption_head=caption_head, split=split)
     gold = ", ".join(f"{a} ({s:.1f})" for a, s in ins.gold.items()) or "(none)"
     table = Table(title=escape(f"Q{ins.question_id} ({ins.data}, image {ins.image_id}): {ins.question} — gold: {gold}"))

@@ -129,7 +129,7 @@ def _print(report: CheckReport, title: str) -> None:
 def _check_recipe(path: Path, as_json: bool) -> None:
     """Counts and the question-only baseline of every view of a recipe's datasets (any dataset plugin)."""
     from mmcore.recipeload import prepare_recipe
-    from mmcore.engine import default_cache_dir
+    from mmcore.context import default_cache_dir
 
     _, plugins, resolved = prepare_recipe(path)
     out: dict[str, Any] = {}

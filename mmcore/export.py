@@ -107,18 +107,17 @@ def export(plugins: Any, resolved: dict[str, Any], source: Source, out: Path, re
 def _load(plugins: Any, resolved: dict[str, Any], source: Source, reporter: Any,
           cache_dir: Path | None) -> tuple[Any, dict[str, Any], Any]:
     """(the run's tokenizer, the checkpoint, its backbone in eval mode on the CPU), built as the run built them."""
+    from mmcore.builders import build_backbone
     from mmcore.checkpointing import check_fits, read_checkpoint
-    from mmcore.engine import Engine
+    from mmcore.context import RunContext
     from mmcore.rundir import RunDir
 
-    engine = Engine({**resolved, "device": "cpu"}, plugins, RunDir(source.run), reporter, cache_dir)
-    sizing = engine.primary_dataset()
-    engine.info, engine.tokenizer = sizing.info(), sizing.tokenizer()
+    ctx = RunContext.open({**resolved, "device": "cpu"}, plugins, RunDir(source.run), reporter, cache_dir)
     ckpt = read_checkpoint(source.checkpoint)
-    backbone = engine.build_backbone()
+    backbone = build_backbone(ctx)
     check_fits(ckpt["backbone"], backbone, "mmcore export", str(source.checkpoint))
     backbone.load_state_dict(ckpt["backbone"])
-    return engine.tokenizer, ckpt, backbone.eval()
+    return ctx.tokenizer, ckpt, backbone.eval()
 
 
 def _write_rest(tmp: Path, tokenizer: Any, ckpt: dict[str, Any], source: Source, resolved: dict[str, Any],

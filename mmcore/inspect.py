@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,13 +23,12 @@ from mmcore.api import Backbone, Batch, ExampleSource, Head
 from mmcore.checkpointing import check_fits, read_checkpoint
 from mmcore.data.collate import Collator, to_device
 from mmcore.errors import MMCoreError
-from mmcore.finetuning import BEST, stage_state
+from mmcore.builders import build_backbone, build_head, pretrained_tasks, stage_state
+from mmcore.context import RunContext
+from mmcore.finetuning import BEST
 from mmcore.layout import Layout
 from mmcore.schema.keys import MAX_TEXT_LEN, setting
 from mmcore.training import autocast
-
-if TYPE_CHECKING:
-    from mmcore.engine import Engine
 
 TOP_K = 3
 NO_STAGES = "(no pre-training)"
@@ -90,43 +89,43 @@ class Inspection:
         return out
 
 
-def inspect_example(engine: Engine, question_id: str, caption_image: str | None = None, *,
+def inspect_example(ctx: RunContext, question_id: str, caption_image: str | None = None, *,
                     answer_head: str | None = None, caption_head: str | None = None, split: str | None = None,
                     k: int = TOP_K) -> Inspection:
     """Inspect question ``question_id`` (and image ``caption_image``, default the question's) in the run of
-    ``engine`` (built over the run's resolved recipe, with ``info`` and ``tokenizer`` set). The answer head
+    context ``ctx`` (opened over the run's resolved recipe and directory). The answer head
     defaults to the first fine-tuned one that predicts labels, the caption head to the first evaluated one that
     scores text-image pairs."""
-    recipe = engine.recipe
-    answer_head = answer_head or first_head(engine, ("finetune",), "top_predictions")
-    caption_head = caption_head or first_head(engine, ("finetune", "zero_shot"), "pair_scores")
+    recipe = ctx.recipe
+    answer_head = answer_head or first_head(ctx, ("finetune",), "top_predictions")
+    caption_head = caption_head or first_head(ctx, ("finetune", "zero_shot"), "pair_scores")
     stages = [s["name"] for s in recipe["stages"]]
     answer_items = [f for f in recipe["finetune"] if f["head"] == answer_head]
     if not answer_items:
         tunings = ", ".join(f"{f['name']} ({f['head']})" for f in recipe["finetune"]) or "none"
         wanted = "whose head predicts labels" if answer_head is None else f"with head {answer_head!r}"
-        raise MMCoreError(f"{engine.run.path}: the run has no fine-tuning {wanted} (fine-tunings: {tunings}); "
+        raise MMCoreError(f"{ctx.run.path}: the run has no fine-tuning {wanted} (fine-tunings: {tunings}); "
                           f"--head picks another answer head")
     first = answer_items[0]
     split = split or first["eval_split"]
     data = first["data"][0]
-    view = engine.dataset(data["dataset"]).view(data["view"], split)
+    view = ctx.dataset(data["dataset"]).view(data["view"], split)
     where = f"{data['dataset']}/{data['view']}/{split}"
-    listing = engine.run.path / "finetune" / first["name"] if split == first["eval_split"] else None
+    listing = ctx.run.path / "finetune" / first["name"] if split == first["eval_split"] else None
     index = find_question(view, question_id, where, listing)
     example = view[index]
-    batch = to_device(Collator(engine.tokenizer, first["max_text_len"])([example]), engine.device)
-    labeller = engine.build_head(first, {}, engine.build_backbone().hidden_size)  # untrained: reads targets only
+    batch = to_device(Collator(ctx.tokenizer, first["max_text_len"])([example]), ctx.device)
+    labeller = build_head(ctx, first, {}, build_backbone(ctx).hidden_size)  # untrained: reads targets only
     gold = labeller.gold_labels(batch)[0] if _implements(labeller, "gold_labels") else {}
     gold = dict(sorted(gold.items(), key=lambda pair: -pair[1]))  # the best-scored answer first
-    matcher = _Matcher(engine, caption_head, caption_image, str(example["img_id"]))
+    matcher = _Matcher(ctx, caption_head, caption_image, str(example["img_id"]))
     rows = []
-    layout = Layout.of(engine.registry)
+    layout = Layout.of(ctx.registry)
     for index_, stage in enumerate(stages or [None]):
         curriculum = " → ".join(layout.stage_label(s) for s in recipe["stages"][: index_ + 1]) or "vanilla"
         item = _starting_from(answer_items, stage, stages)
-        rows.append(StageRow(stage or NO_STAGES, curriculum, _answers(engine, item, batch, k), matcher.cell(stage)))
-    return Inspection(str(engine.run.path), str(question_id), str(example["text"]), str(example["img_id"]), where,
+        rows.append(StageRow(stage or NO_STAGES, curriculum, _answers(ctx, item, batch, k), matcher.cell(stage)))
+    return Inspection(str(ctx.run.path), str(question_id), str(example["text"]), str(example["img_id"]), where,
                       gold, matcher.image_id, matcher.where, matcher.gold_captions, rows)
 
 
@@ -152,11 +151,11 @@ def _implements(head: Head | type[Head], method: str) -> bool:
     return getattr(head if isinstance(head, type) else type(head), method) is not getattr(Head, method)
 
 
-def first_head(engine: Engine, sections: Sequence[str], method: str) -> str | None:
+def first_head(ctx: RunContext, sections: Sequence[str], method: str) -> str | None:
     """The head of the first entry of the recipe's ``sections`` whose class implements ``method``, if any."""
     for section in sections:
-        for item in engine.recipe[section]:
-            if _implements(engine.registry.get("head", item["head"]).factory, method):
+        for item in ctx.recipe[section]:
+            if _implements(ctx.registry.get("head", item["head"]).factory, method):
                 return str(item["head"])
     return None
 
@@ -169,15 +168,15 @@ def _starting_from(items: Sequence[dict[str, Any]], stage: str | None, stages: l
     return None
 
 
-def _finetuned(engine: Engine, item: dict[str, Any]) -> tuple[Backbone, Head, str] | None:
+def _finetuned(ctx: RunContext, item: dict[str, Any]) -> tuple[Backbone, Head, str] | None:
     """(backbone, head, checkpoint name) of a fine-tuning: its selected ``best.pt``, else ``checkpoint.pt``."""
-    folder = engine.run.path / "finetune" / item["name"]
+    folder = ctx.run.path / "finetune" / item["name"]
     path = folder / BEST if (folder / BEST).is_file() else folder / "checkpoint.pt"
     if not path.is_file():
         return None
     ckpt = read_checkpoint(path)
-    backbone = _backbone(engine, ckpt["backbone"], str(path))
-    head = engine.build_head(item, {}, backbone.hidden_size)
+    backbone = _backbone(ctx, ckpt["backbone"], str(path))
+    head = build_head(ctx, item, {}, backbone.hidden_size)
     try:
         head.load_state_dict(ckpt["head"])
     except RuntimeError as exc:
@@ -187,24 +186,24 @@ def _finetuned(engine: Engine, item: dict[str, Any]) -> tuple[Backbone, Head, st
     return backbone, head, path.name
 
 
-def _backbone(engine: Engine, weights: dict[str, Tensor], path: str) -> Backbone:
-    torch.manual_seed(engine.seed)
-    backbone = engine.build_backbone()
+def _backbone(ctx: RunContext, weights: dict[str, Tensor], path: str) -> Backbone:
+    torch.manual_seed(ctx.seed)
+    backbone = build_backbone(ctx)
     check_fits(weights, backbone, "mmcore inspect", path)
     backbone.load_state_dict(weights)
     return backbone.eval()
 
 
-def _answers(engine: Engine, item: dict[str, Any] | None, batch: Batch, k: int) -> AnswerCell:
+def _answers(ctx: RunContext, item: dict[str, Any] | None, batch: Batch, k: int) -> AnswerCell:
     if item is None:
         return AnswerCell(None, note="no fine-tuning starts from this stage")
-    loaded = _finetuned(engine, item)
+    loaded = _finetuned(ctx, item)
     if loaded is None:
         return AnswerCell(None, note=f"fine-tuning {item['name']!r} has no checkpoint yet")
     backbone, head, file = loaded
     if not _implements(head, "top_predictions"):
         raise MMCoreError(f"head {item['head']!r} does not predict answers (no top_predictions); --head picks another")
-    with torch.no_grad(), autocast(engine.device, setting(engine.recipe, "precision")):
+    with torch.no_grad(), autocast(ctx.device, setting(ctx.recipe, "precision")):
         answers = head.top_predictions(backbone, batch, k)[0]
     return AnswerCell(f"{item['name']} ({file})", [(str(a), float(p)) for a, p in answers])
 
@@ -212,9 +211,9 @@ def _answers(engine: Engine, item: dict[str, Any] | None, batch: Batch, k: int) 
 class _Matcher:
     """The retrieval side: which view and image, and each stage's first-ranked caption."""
 
-    def __init__(self, engine: Engine, head: str | None, image_id: str | None, question_image: str) -> None:
-        self.engine, self.head = engine, head
-        recipe = engine.recipe
+    def __init__(self, ctx: RunContext, head: str | None, image_id: str | None, question_image: str) -> None:
+        self.ctx, self.head = ctx, head
+        recipe = ctx.recipe
         self.tunings = [f for f in recipe["finetune"] if f["head"] == head]
         self.zero_shots = [z for z in recipe["zero_shot"] if z["head"] == head]
         self.stages = [s["name"] for s in recipe["stages"]]
@@ -229,7 +228,7 @@ class _Matcher:
         self.item = source
         data = source["data"][0]
         split = source.get("eval_split", data["split"])
-        self.view = engine.dataset(data["dataset"]).view(data["view"], split)
+        self.view = ctx.dataset(data["dataset"]).view(data["view"], split)
         self.where = f"{data['dataset']}/{data['view']}/{split}"
         try:
             images = list(self.view.images)  # type: ignore[attr-defined]
@@ -251,17 +250,17 @@ class _Matcher:
         if self.image_id is None:
             return CaptionCell(None, note=f"the run has no evaluation with head {self.head!r}")
         item = _starting_from(self.tunings, stage, self.stages)
-        loaded = _finetuned(self.engine, item) if item is not None else None
+        loaded = _finetuned(self.ctx, item) if item is not None else None
         if loaded is not None:
             backbone, head, file = loaded
             return self._rank(backbone, head, f"{item['name']} ({file})")  # type: ignore[index]
         if stage is None:
             return CaptionCell(None, note="no fine-tuning to rank captions with")
-        state = stage_state(self.engine, stage)
+        state = stage_state(self.ctx, stage)
         entry = next((z for z in self.zero_shots if z.get("init", self.stages[-1]) == stage), self.item)
-        backbone = _backbone(self.engine, state["backbone"], str(self.engine.run.stage_checkpoint(stage)))
-        tasks = self.engine.pretrained_tasks(state, through=stage)
-        head = self.engine.build_head(entry, tasks, backbone.hidden_size).eval()
+        backbone = _backbone(self.ctx, state["backbone"], str(self.ctx.run.stage_checkpoint(stage)))
+        tasks = pretrained_tasks(self.ctx, state, through=stage)
+        head = build_head(self.ctx, entry, tasks, backbone.hidden_size).eval()
         if not head.zero_shot_ready:
             return CaptionCell(None, note="no fine-tuning from this stage and no pre-trained matching head")
         origin = getattr(head, "initialized_from", None)
@@ -279,15 +278,15 @@ class _Matcher:
 
     def scores(self, backbone: Backbone, head: Head) -> Tensor:
         """Scores [C] of every caption of the view against the image, on the CPU."""
-        engine = self.engine
+        ctx = self.ctx
         image = self.view.image(str(self.image_id))
-        collate = Collator(engine.tokenizer, int(self.item.get("max_text_len", MAX_TEXT_LEN)))
-        size = int(engine.recipe["eval_batch_size"])
+        collate = Collator(ctx.tokenizer, int(self.item.get("max_text_len", MAX_TEXT_LEN)))
+        size = int(ctx.recipe["eval_batch_size"])
         out = []
-        with torch.no_grad(), autocast(engine.device, setting(engine.recipe, "precision")):
+        with torch.no_grad(), autocast(ctx.device, setting(ctx.recipe, "precision")):
             for start in range(0, len(self.captions), size):
                 examples = [{"text": c, **image} for c in self.captions[start : start + size]]
-                out.append(head.pair_scores(backbone, to_device(collate(examples), engine.device)).float().cpu())
+                out.append(head.pair_scores(backbone, to_device(collate(examples), ctx.device)).float().cpu())
         return torch.cat(out)
 
 

@@ -30,7 +30,7 @@ class Outcome:
 def run_many(prepared: Sequence[tuple[Plugins, dict[str, Any]]], *, output_dir: Path | None, run_name: str | None,
              overwrite: bool, cache_dir: Path | None, reporter: Reporter, threads: int | None = None) -> list[Outcome]:
     """Run each (plugins, resolved recipe) into ``<output dir>/<name>/...`` in turn; skip complete, resume partial."""
-    from mmcore.engine import Engine
+    from mmcore.engine import run_recipe
     from mmcore.rundir import RunDir, atomic_write_text
 
     names = [resolved["name"] for _, resolved in prepared]
@@ -60,6 +60,6 @@ def run_many(prepared: Sequence[tuple[Plugins, dict[str, Any]]], *, output_dir: 
             run_dir, status = RunDir.create(parent, name, run_name, overwrite), "new"
             atomic_write_text(run_dir.path / RESOLVED, text)
         reporter.message(f"{head} → {run_dir.path}" + (" (resuming)" if status == "resumed" else ""))
-        Engine(resolved, plugins, run_dir, reporter, cache_dir, threads).execute()
+        run_recipe(resolved, plugins, run_dir, reporter, cache_dir, threads)
         outcomes.append(Outcome(name, status, run_dir.path))
     return outcomes

@@ -110,7 +110,7 @@ def run_group(plugins: Plugins, resolved: dict[str, Any], group: RunDir, *, over
               reporter: Reporter, threads: int | None = None) -> tuple[list[SeedOutcome], dict[str, Any]]:
     """Run every seed of ``resolved["seeds"]`` into ``group``: skip complete seeds, resume partial ones; keep the
     aggregate ``results.json`` and ``summary.md`` current after each seed. Returns the outcomes and the aggregate."""
-    from mmcore.engine import Engine
+    from mmcore.engine import run_recipe
 
     seeds = [int(s) for s in resolved["seeds"]]
     if group.main:
@@ -135,7 +135,7 @@ def run_group(plugins: Plugins, resolved: dict[str, Any], group: RunDir, *, over
             if run_dir.main:
                 atomic_write_text(run_dir.path / RESOLVED, text)
         reporter.message(f"{head} → {run_dir.path}" + (" (resuming)" if status == "resumed" else ""))
-        Engine(recipe, plugins, run_dir, reporter, cache_dir, threads).execute()
+        run_recipe(recipe, plugins, run_dir, reporter, cache_dir, threads)
         outcomes.append(SeedOutcome(seed, status, run_dir.path))
         write_aggregate(group, resolved, Layout.of(plugins.registry))
     return outcomes, write_aggregate(group, resolved, Layout.of(plugins.registry))

@@ -17,7 +17,7 @@ from mmcore_synth.dataset import SynthWorld
 
 from mmcore.cli import main
 from mmcore.data.collate import Collator
-from mmcore.engine import EvalContext
+from mmcore.evalcontext import EvalContext
 from mmcore.plugins import load_plugins
 from mmcore.progress import Reporter
 from mmcore.rundir import RunDir

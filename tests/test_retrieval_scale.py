@@ -27,8 +27,8 @@ from mmcore_synth.dataset import SynthWorld
 from mmcore.api import DataInfo
 from mmcore.cli import main
 from mmcore.data.collate import Collator
-from mmcore.engine import EvalContext
 from mmcore.errors import MMCoreError
+from mmcore.evalcontext import EvalContext
 from mmcore.plugins import load_plugins
 from mmcore.progress import Reporter
 

@@ -82,7 +82,7 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], seed_overrides: tu
     from mmcore.engine import run_recipe
     from mmcore.progress import Reporter
     from mmcore.recipe import dump_recipe
-    from mmcore.rundir import RunDir, atomic_write_text
+    from mmcore.rundir import RunDir
     from mmcore.seeds import GROUP_RECIPE, is_group, refresh_group
     from mmcore.layout import Layout
     from mmcore.summary import SINGLE_SEED_NOTE, evaluation_rows, results_rows, rich_table, stage_rows
@@ -111,8 +111,7 @@ def run(recipes: tuple[str, ...], overrides: tuple[str, ...], seed_overrides: tu
         raise MMCoreError("give a RECIPE to run, or --resume RUN_DIR")
     else:
         parent = output_dir or Path(resolved["output_dir"])
-        run_dir = RunDir.create(parent, resolved["name"], run_name, overwrite)
-        atomic_write_text(run_dir.path / "recipe.resolved.yaml", dump_recipe(strip_private(resolved)))
+        run_dir = RunDir.start(parent, resolved["name"], run_name, overwrite, dump_recipe(strip_private(resolved)))
     reporter = Reporter(err_console, quiet=quiet)
     reporter.message(f"[bold]mmcore[/bold] run [cyan]{resolved['name']}[/cyan] → {run_dir.path}")
     try:

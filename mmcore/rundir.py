@@ -98,6 +98,14 @@ class RunDir:
         dist = distributed.setup()
         return cls(dist.on_main(lambda: cls._make(output_dir, name, run_name, overwrite)))
 
+    @classmethod
+    def start(cls, output_dir: Path, name: str, run_name: str | None, overwrite: bool, recipe: str) -> RunDir:
+        """A fresh run directory (:meth:`create`) holding its resolved recipe ``recipe`` (YAML text)."""
+        run = cls.create(output_dir, name, run_name, overwrite)
+        if run.main:
+            atomic_write_text(run.path / "recipe.resolved.yaml", recipe)
+        return run
+
     @staticmethod
     def _make(output_dir: Path, name: str, run_name: str | None, overwrite: bool) -> Path:
         stamp = run_name or time.strftime("%Y%m%d-%H%M%S")

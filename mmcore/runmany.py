@@ -13,7 +13,7 @@ from mmcore.errors import MMCoreError
 from mmcore.plugins import Plugins
 from mmcore.progress import Reporter
 from mmcore.recipe import dump_recipe
-from mmcore.runfinder import RESOLVED, find_previous
+from mmcore.runfinder import find_previous
 from mmcore.seeds import run_group_in_batch
 from mmcore.validate import strip_private
 
@@ -31,7 +31,7 @@ def run_many(prepared: Sequence[tuple[Plugins, dict[str, Any]]], *, output_dir: 
              overwrite: bool, cache_dir: Path | None, reporter: Reporter, threads: int | None = None) -> list[Outcome]:
     """Run each (plugins, resolved recipe) into ``<output dir>/<name>/...`` in turn; skip complete, resume partial."""
     from mmcore.engine import run_recipe
-    from mmcore.rundir import RunDir, atomic_write_text
+    from mmcore.rundir import RunDir
 
     names = [resolved["name"] for _, resolved in prepared]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -57,8 +57,7 @@ def run_many(prepared: Sequence[tuple[Plugins, dict[str, Any]]], *, output_dir: 
         if previous is not None:
             run_dir, status = RunDir.open(previous), "resumed"
         else:
-            run_dir, status = RunDir.create(parent, name, run_name, overwrite), "new"
-            atomic_write_text(run_dir.path / RESOLVED, text)
+            run_dir, status = RunDir.start(parent, name, run_name, overwrite, text), "new"
         reporter.message(f"{head} → {run_dir.path}" + (" (resuming)" if status == "resumed" else ""))
         run_recipe(resolved, plugins, run_dir, reporter, cache_dir, threads)
         outcomes.append(Outcome(name, status, run_dir.path))

@@ -131,9 +131,7 @@ def run_group(plugins: Plugins, resolved: dict[str, Any], group: RunDir, *, over
         if existing:
             run_dir, status = RunDir.open(path), "resumed"
         else:
-            run_dir, status = RunDir.create(group.path.parent, group.path.name, path.name, overwrite), "new"
-            if run_dir.main:
-                atomic_write_text(run_dir.path / RESOLVED, text)
+            run_dir, status = RunDir.start(group.path.parent, group.path.name, path.name, overwrite, text), "new"
         reporter.message(f"{head} → {run_dir.path}" + (" (resuming)" if status == "resumed" else ""))
         run_recipe(recipe, plugins, run_dir, reporter, cache_dir, threads)
         outcomes.append(SeedOutcome(seed, status, run_dir.path))

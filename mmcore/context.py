@@ -111,26 +111,14 @@ class RunContext:
         dist = distributed.setup()
         # Progress and messages from rank 0 only; the others would repeat them.
         reporter = reporter if dist.is_main else Reporter(reporter.console, quiet=True)
-        choice = choose_threads(cli=threads, recipe=recipe.get("threads"))
-        apply_threads(choice)
-        reporter.message(f"[dim]{choice.threads} intra-op thread(s) ({choice.source})[/dim]")
         device = dist.device(pick_device(recipe["device"]))
-        datasets = Datasets(plugins.registry, recipe["datasets"], cache_dir or default_cache_dir(), dist, reporter)
-        name = primary_dataset_name(recipe) or sizing
-        if name is None:
-            raise MMCoreError("the recipe uses no data: add a stage, zero_shot or finetune entry")
-        logged = run_dir.path if run_dir is not None and run_dir.main else None
-        with failures_logged(logged):
-            primary = datasets.get(name)
-            entry = plugins.registry.get("dataset", name)
-            info = call(plugins.registry, entry, "info", primary.info)
-            tokenizer = call(plugins.registry, entry, "tokenizer", primary.tokenizer)
-        run_info = None if run_dir is None else RunInfo(
-            run_dir=run_dir.path, recipe_name=str(recipe.get("name", "")),
-            recipe=MappingProxyType(copy.deepcopy(recipe)), seed=int(recipe["seed"]), rank=dist.rank,
-            world_size=dist.world_size)
-        return cls(recipe, plugins, run_dir, reporter, cache_dir or default_cache_dir(), choice, dist, device,
-                   datasets, info, tokenizer, run_info)
+        choice = _use_threads(threads, recipe, reporter)
+        cache = cache_dir or default_cache_dir()
+        datasets = Datasets(plugins.registry, recipe["datasets"], cache, dist, reporter)
+        with failures_logged(run_dir.path if run_dir is not None and run_dir.main else None):
+            info, tokenizer = _sizing(plugins.registry, datasets, primary_dataset_name(recipe) or sizing)
+        run_info = None if run_dir is None else _run_info(recipe, run_dir, dist)
+        return cls(recipe, plugins, run_dir, reporter, cache, choice, dist, device, datasets, info, tokenizer, run_info)
 
     # ----- what the context holds ---------------------------------------------------------------------------------
     @property
@@ -187,3 +175,28 @@ class RunContext:
         if self.processes.is_main:  # the record is already reduced over processes
             with blame_hook(self.registry, self.plugins.manager, "mmcore_log"):
                 self.plugins.hook.mmcore_log(run=self.hook_run, step=int(record["step"]), metrics=record)
+
+
+def _use_threads(cli: int | None, recipe: dict[str, Any], reporter: Reporter) -> ThreadChoice:
+    """Choose and set the intra-op thread count (``--threads``, ``OMP_NUM_THREADS``, the recipe's ``threads``, else
+    the CPUs this process may use); the run records it in ``results.json`` under ``_run``."""
+    choice = choose_threads(cli=cli, recipe=recipe.get("threads"))
+    apply_threads(choice)
+    reporter.message(f"[dim]{choice.threads} intra-op thread(s) ({choice.source})[/dim]")
+    return choice
+
+
+def _sizing(registry: Registry, datasets: Datasets, name: str | None) -> tuple[DataInfo, Any]:
+    """(info, tokenizer) of the dataset ``name``, prepared: what sizes the models and tokenises the text."""
+    if name is None:
+        raise MMCoreError("the recipe uses no data: add a stage, zero_shot or finetune entry")
+    dataset = datasets.get(name)
+    entry = registry.get("dataset", name)
+    return call(registry, entry, "info", dataset.info), call(registry, entry, "tokenizer", dataset.tokenizer)
+
+
+def _run_info(recipe: dict[str, Any], run_dir: RunDir, dist: Dist) -> RunInfo:
+    """What the run hooks receive as ``run``: read-only facts (a copy of the recipe), not the context."""
+    return RunInfo(run_dir=run_dir.path, recipe_name=str(recipe.get("name", "")),
+                   recipe=MappingProxyType(copy.deepcopy(recipe)), seed=int(recipe["seed"]), rank=dist.rank,
+                   world_size=dist.world_size)

@@ -19,6 +19,7 @@ import click
 import torch
 import yaml
 
+from mmcore.context import RunContext
 from mmcore.errors import MMCoreError, did_you_mean
 from mmcore.layout import Layout
 from mmcore.progress import Reporter
@@ -87,8 +88,11 @@ def evaluate(target: Path, head_name: str, data_spec: str, recipe_path: Path | N
     reporter = Reporter(err_console, quiet=quiet)
     reporter.message(f"[bold]mmcore[/bold] evaluate {head_name} on {dataset}/{view}/{split} ← {found.checkpoint}")
     start = time.perf_counter()
-    metrics = run_evaluation(plugins, resolved, found, head_name, options, (dataset, view, split),
-                             item.get("max_text_len", MAX_TEXT_LEN), reporter, cache_dir)
+    # A recipe without data: the evaluated dataset sizes the model.
+    ctx = RunContext.open(resolved, plugins, RunDir(found.run or found.checkpoint.parent), reporter, cache_dir,
+                          sizing=dataset)
+    metrics = run_evaluation(ctx, found, head_name, options, (dataset, view, split),
+                             item.get("max_text_len", MAX_TEXT_LEN))
     label = f"{found.name or head_name}" + (" (zero-shot)" if found.kind == "zero_shot" else "")
     result = {"checkpoint": str(found.checkpoint), "kind": found.kind, "head": head_name,
               "data": {"dataset": dataset, "view": view, "split": split}, "options": options,
@@ -237,17 +241,13 @@ def result_path(found: Target, head: str, dataset: str, view: str, split: str, i
     return found.checkpoint.parent / ("_".join(parts) + ".json")
 
 
-def run_evaluation(plugins: Any, resolved: dict[str, Any], found: Target, head_name: str, options: dict[str, Any],
-                   data: tuple[str, str, str], max_text_len: int, reporter: Any, cache_dir: Path | None) -> dict[str, float]:
+def run_evaluation(ctx: RunContext, found: Target, head_name: str, options: dict[str, Any],
+                   data: tuple[str, str, str], max_text_len: int) -> dict[str, float]:
     """Build backbone, pre-trained tasks and head with the run's builders, load the checkpoint, evaluate the view."""
     from mmcore.builders import build_backbone, build_head, pretrained_tasks
     from mmcore.checkpointing import check_fits, read_checkpoint
-    from mmcore.context import RunContext
     from mmcore.evaluation import evaluate
 
-    # A recipe without data: the evaluated dataset sizes the model.
-    ctx = RunContext.open(resolved, plugins, RunDir(found.run or found.checkpoint.parent), reporter, cache_dir,
-                          sizing=data[0])
     ckpt = read_checkpoint(found.checkpoint)
     torch.manual_seed(ctx.seed)
     backbone = build_backbone(ctx)

@@ -25,16 +25,21 @@ def export(target: Path, out: Path, stage: str | None, finetune: str | None, ove
     TARGET is a run directory or a checkpoint file inside one.
     """
     from mmcore.console import err_console
-    from mmcore.export import RESOLVED, export as export_run, find_source, run_of
+    from mmcore.context import RunContext
+    from mmcore.export import RESOLVED, check_export, export as export_run, find_source, run_of
     from mmcore.progress import Reporter
     from mmcore.recipeload import prepare_recipe
+    from mmcore.rundir import RunDir
 
     if stage is not None and finetune is not None:
         raise MMCoreError("give --stage or --finetune, not both")
     run = run_of(target)
     _, plugins, resolved = prepare_recipe(run / RESOLVED)
     source = find_source(target, resolved, stage, finetune)
-    manifest = export_run(plugins, resolved, source, out, Reporter(err_console), cache_dir, overwrite)
+    check_export(source, out, overwrite)
+    # On the CPU: the exported weights are written from there, and no accelerator is needed to export.
+    ctx = RunContext.open({**resolved, "device": "cpu"}, plugins, RunDir(source.run), Reporter(err_console), cache_dir)
+    manifest = export_run(ctx, source, out)
     err_console.print(f"exported {source.kind} {source.name} of {run} → {out}", highlight=False)
     for line in manifest["differences"]:
         err_console.print(f"[yellow]note:[/yellow] transformers does not reproduce {line}")

@@ -15,10 +15,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmcore.errors import MMCoreError, did_you_mean
 from mmcore.export_card import model_card
+
+if TYPE_CHECKING:
+    from mmcore.context import RunContext
 
 RESOLVED = "recipe.resolved.yaml"
 MANIFEST = "mmcore.json"
@@ -74,27 +77,31 @@ def run_of(target: Path) -> Path:
     return run
 
 
-def export(plugins: Any, resolved: dict[str, Any], source: Source, out: Path, reporter: Any,
-           cache_dir: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Write the export directory ``out`` for ``source``; returns its manifest (``mmcore.json``)."""
-    import torch
-
+def check_export(source: Source, out: Path, overwrite: bool = False) -> None:
+    """Before anything is loaded: ``out`` may be written and ``source``'s checkpoint exists."""
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise MMCoreError(f"{out} exists and is not empty; choose another directory or add --overwrite")
     if not source.checkpoint.is_file():
         raise MMCoreError(f"{source.checkpoint}: no checkpoint; is the {source.kind} {source.name!r} finished? "
                           "(mmcore run --resume RUN_DIR)")
-    tokenizer, ckpt, backbone = _load(plugins, resolved, source, reporter, cache_dir)
-    name = str(resolved["backbone"]["name"])
+
+
+def export(ctx: RunContext, source: Source, out: Path) -> dict[str, Any]:
+    """Write the export directory ``out`` for ``source`` from the run's context ``ctx`` (opened on the CPU, see
+    :func:`check_export` first); returns its manifest (``mmcore.json``)."""
+    import torch
+
+    ckpt, backbone = _load(ctx, source)
+    name = str(ctx.recipe["backbone"]["name"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         with torch.no_grad():
-            written = plugins.hook.mmcore_export_backbone(name=name, backbone=backbone, directory=tmp)
+            written = ctx.plugins.hook.mmcore_export_backbone(name=name, backbone=backbone, directory=tmp)
         if written is None:
             raise MMCoreError(f"backbone {name!r} cannot be exported: its plugin does not implement the "
                               "mmcore_export_backbone hook")
-        manifest = _write_rest(tmp, tokenizer, ckpt, source, resolved, name, written)
+        manifest = _write_rest(tmp, ctx.tokenizer, ckpt, source, ctx.recipe, name, written)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -104,20 +111,16 @@ def export(plugins: Any, resolved: dict[str, Any], source: Source, out: Path, re
     return manifest
 
 
-def _load(plugins: Any, resolved: dict[str, Any], source: Source, reporter: Any,
-          cache_dir: Path | None) -> tuple[Any, dict[str, Any], Any]:
-    """(the run's tokenizer, the checkpoint, its backbone in eval mode on the CPU), built as the run built them."""
+def _load(ctx: RunContext, source: Source) -> tuple[dict[str, Any], Any]:
+    """(the checkpoint, its backbone in eval mode), built as the run built it."""
     from mmcore.builders import build_backbone
     from mmcore.checkpointing import check_fits, read_checkpoint
-    from mmcore.context import RunContext
-    from mmcore.rundir import RunDir
 
-    ctx = RunContext.open({**resolved, "device": "cpu"}, plugins, RunDir(source.run), reporter, cache_dir)
     ckpt = read_checkpoint(source.checkpoint)
     backbone = build_backbone(ctx)
     check_fits(ckpt["backbone"], backbone, "mmcore export", str(source.checkpoint))
     backbone.load_state_dict(ckpt["backbone"])
-    return ctx.tokenizer, ckpt, backbone.eval()
+    return ckpt, backbone.eval()
 
 
 def _write_rest(tmp: Path, tokenizer: Any, ckpt: dict[str, Any], source: Source, resolved: dict[str, Any],

@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import torch
@@ -230,7 +230,21 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {r['method']} | {r['pairs']:,} | {_fmt(r['pairs_per_s'])} | "
                          f"{retrieval_bench.duration(r['flickr30k_5m_pairs_s'])} |")
         lines.append("")
+    notes = [f"- {name} failed: {error}" for name, error in report.get("errors", {}).items()]
+    notes += [f"- skipped {what}" for what in report.get("skipped", [])]
+    if notes:
+        lines += ["## not measured", "", *notes, ""]
     return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out: Path, stem: str) -> None:
+    """Write OUT/STEM.json and .md under temporary names, then rename: a killed run leaves the last whole report."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out / f"{stem}.json", json.dumps(report, indent=2) + "\n"),
+                       (out / f"{stem}.md", markdown(report))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
 
 
 @click.command()
@@ -242,34 +256,59 @@ def markdown(report: dict[str, Any]) -> str:
 @click.option("--engine-steps", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--retrieval-images", type=click.IntRange(min=1), default=200, show_default=True,
               help="Images (x5 captions) scored in the retrieval part.")
+@click.option("--budget-s", type=click.FloatRange(min=0), default=420, show_default=True,
+              help="Compiled step rows (run last, compilation takes minutes) start only within this many seconds.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 def main(dry_run: bool, out: Path, parts: str, batches: str, engine_steps: int, retrieval_images: int,
-         cache_dir: Path | None) -> None:
-    """Run the suite; write OUT/gpu_suite.json and OUT/gpu_suite.md (gpu_suite_dry_run.* with --dry-run)."""
+         budget_s: float, cache_dir: Path | None) -> None:
+    """Run the suite; write OUT/gpu_suite.json and OUT/gpu_suite.md (gpu_suite_dry_run.* with --dry-run).
+
+    The report is rewritten after every part, so a run stopped early keeps what it measured; on the GPU a
+    part that fails is recorded with its error and the others still run.
+    """
     if not dry_run and not torch.cuda.is_available():
         raise click.UsageError("no CUDA GPU here: run on a GPU machine, or --dry-run for the CPU toy version")
     device = torch.device("cpu" if dry_run else "cuda")
     chosen = [p.strip() for p in parts.split(",") if p.strip()]
+    stem = "gpu_suite_dry_run" if dry_run else "gpu_suite"
     start = time.perf_counter()
-    report: dict[str, Any] = {"dry_run": dry_run, "parts": {}, "machine": {
+    report: dict[str, Any] = {"dry_run": dry_run, "parts": {}, "errors": {}, "skipped": [], "machine": {
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu ({platform.processor() or platform.machine()})"),
         "torch": torch.__version__, "cpus": os.cpu_count(), "load_average": os.getloadavg()[0]}}
+
+    def measure(label: str, key: str, run: Callable[[], Any]) -> None:
+        """Run one part, store it under parts[key] (step rows are appended), record a failure, save the report."""
+        try:
+            value = run()
+            if key == "step":
+                report["parts"].setdefault("step", []).extend(value)
+            else:
+                report["parts"][key] = value
+        except Exception as error:  # a first run on a new machine: keep the other parts' figures
+            if dry_run:
+                raise
+            report["errors"][label] = f"{type(error).__name__}: {error}"
+            click.echo(f"{label} failed: {report['errors'][label]}", err=True)
+        finally:
+            report["elapsed_s"] = time.perf_counter() - start
+            write_report(report, out, stem)
+
+    sizes = [2, 4] if dry_run else [int(b) for b in batches.split(",")]
     if "step" in chosen:
-        sizes = [2, 4] if dry_run else [int(b) for b in batches.split(",")]
-        report["parts"]["step"] = step_part(device, sizes, [False] if dry_run else [False, True], dry_run)
+        measure("step eager", "step", lambda: step_part(device, sizes, [False], dry_run))
     if "engine" in chosen:
-        report["parts"]["engine"] = engine_part(device, 2 if dry_run else engine_steps, dry_run, cache_dir)
+        measure("engine", "engine", lambda: engine_part(device, 2 if dry_run else engine_steps, dry_run, cache_dir))
     if "retrieval" in chosen:
-        report["parts"]["retrieval"] = retrieval_part(device, 3 if dry_run else retrieval_images, dry_run)
+        measure("retrieval", "retrieval", lambda: retrieval_part(device, 3 if dry_run else retrieval_images, dry_run))
+    if "step" in chosen and not dry_run:  # compiling on the CPU takes minutes: the dry run stays eager
+        for batch in sizes:
+            if time.perf_counter() - start > budget_s:
+                report["skipped"].append(f"compiled step at B={batch}: past the {budget_s:.0f} s budget")
+                continue
+            measure(f"step compiled B={batch}", "step", lambda b=batch: step_part(device, [b], [True], dry_run))
     report["elapsed_s"] = time.perf_counter() - start
-    stem = "gpu_suite_dry_run" if dry_run else "gpu_suite"
-    out.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out / f"{stem}.json", json.dumps(report, indent=2) + "\n"),
-                       (out / f"{stem}.md", markdown(report))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+    write_report(report, out, stem)
     click.echo(markdown(report))
     click.echo(f"wrote {out / stem}.json and .md")
 

@@ -26,6 +26,7 @@ def test_the_dry_run_runs_every_part_and_writes_the_report(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "gpu_suite_dry_run.json").read_text())
     assert report["dry_run"] is True and set(report["parts"]) == {"step", "engine", "retrieval"}
+    assert report["errors"] == {} and report["skipped"] == []
     steps = report["parts"]["step"]
     assert {(r["model"], r["batch"]) for r in steps} == {(m, b) for m in ("mmcore", "transformers") for b in (2, 4)}
     assert all(r["samples_per_s"] > 0 and r["tflops"] > 0 and r["mfu"] is None for r in steps)

@@ -1,6 +1,6 @@
 """Checkpoints: reading them safely, the random-number state of a process, and the two files of a stage or
-fine-tuning (``checkpoint.pt`` once it is complete, ``partial.pt`` for the latest step inside it) with the training
-loop's arguments that write and resume them.
+fine-tuning (``checkpoint.pt`` once it is complete, ``partial.pt`` for the latest step inside it) with the Trainer
+callback that writes the latter and the state that resumes from it.
 
 A checkpoint holds tensors and plain values only (read with ``weights_only``), so every state below is stored
 as lists, numbers and tensors.
@@ -13,18 +13,16 @@ import random
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mmcore.api import Backbone
+from mmcore.callbacks import TrainerCallback
 from mmcore.errors import MMCoreError
 from mmcore.rundir import RunDir
-
-if TYPE_CHECKING:
-    from mmcore.distributed import Dist
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -183,14 +181,18 @@ class CheckpointFiles:
             self.partial.unlink(missing_ok=True)
 
 
-def loop_checkpoints(item: dict[str, Any], files: CheckpointFiles, partial: dict[str, Any] | None,
-                     saved: Callable[[], dict[str, Any]], dist: Dist) -> dict[str, Any]:
-    """train_loop's arguments for accumulation, data-loader workers, checkpoints inside a stage or fine-tuning, and
-    resuming one (``saved``: the record to checkpoint, without its training state)."""
-    def checkpoint(training: dict[str, Any]) -> None:
-        if files.run.main:  # the others would copy their weights only to drop them
-            files.save_partial({**saved(), "step": training["step"], "training": training})
+class PartialCheckpoints(TrainerCallback):
+    """Writes ``partial.pt`` at the Trainer's checkpoint steps: ``saved()`` (the weights and whatever else the stage
+    or fine-tuning keeps) with the training state (rank 0; the others would copy their weights only to drop them)."""
 
-    resume = None if partial is None else {**partial["training"], "path": str(files.partial)}
-    return {"grad_accum": item["grad_accum"], "checkpoint_every": item["checkpoint_every"],
-            "checkpoint": checkpoint, "resume": resume, "dist": dist, "num_workers": item["num_workers"]}
+    def __init__(self, files: CheckpointFiles, saved: Callable[[], dict[str, Any]]) -> None:
+        self.files, self.saved = files, saved
+
+    def on_checkpoint(self, state: dict[str, Any]) -> None:
+        if self.files.run.main:
+            self.files.save_partial({**self.saved(), "step": state["step"], "training": state})
+
+
+def resume_state(files: CheckpointFiles, partial: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The training state to continue from ``partial`` (None: start afresh), naming its file for error messages."""
+    return None if partial is None else {**partial["training"], "path": str(files.partial)}

@@ -17,7 +17,9 @@ from mmcore.blame import blame, blame_hook, call, position
 from mmcore.buildcheck import build_all
 from mmcore.builders import build_backbone, build_head, build_tasks, pretrained_backbone, pretrained_tasks, \
     start_state, started_from
-from mmcore.checkpointing import CheckpointFiles, check_fits, cpu_state, loop_checkpoints, read_backbone_weights
+from mmcore.callbacks import RunLog
+from mmcore.checkpointing import CheckpointFiles, PartialCheckpoints, check_fits, cpu_state, read_backbone_weights, \
+    resume_state
 from mmcore.context import RunContext
 from mmcore.data.collate import Collator
 from mmcore.evaluation import evaluate, query_intervals, scratch
@@ -30,7 +32,8 @@ from mmcore.progress import Reporter
 from mmcore.rundir import RunDir, fingerprint
 from mmcore.schema.keys import setting
 from mmcore.summary import write_summary
-from mmcore.training import EpochSampler, PrepareCollate, train_loop
+from mmcore.trainer import Data, Model, Runtime, Schedule, Trainer
+from mmcore.training import EpochSampler, PrepareCollate
 
 
 def run_recipe(recipe: dict[str, Any], plugins: Plugins, run_dir: RunDir, reporter: Reporter,
@@ -183,15 +186,14 @@ class Engine:
         collate = PrepareCollate(prepare, Collator(ctx.tokenizer, stage["max_text_len"]),
                                  ctx.processes.seed(ctx.seed + index))
         sampler = EpochSampler(data, [d["weight"] for d in stage["data"]], ctx.seed + index)
-        result = train_loop(
-            description=f"stage {index + 1}/{len(self.recipe['stages'])} {name}",
-            step_fn=step, modules=[backbone, *tasks.values()], data=data, sampler=sampler, collate=collate,
-            batch_size=stage["batch_size"], epochs=stage["epochs"], max_steps=stage["max_steps"], optim=stage["optim"],
-            device=ctx.device, reporter=self.reporter, log_every=self.recipe["log_every"],
-            log=lambda s, e, m: ctx.log(name, s, e, m), generators={"corrupt": generator},
-            precision=setting(self.recipe, "precision"),
-            **loop_checkpoints(stage, files, partial, saved, ctx.processes),
-        )
+        trainer = Trainer(
+            f"stage {index + 1}/{len(self.recipe['stages'])} {name}",
+            Model(step, [backbone, *tasks.values()]),
+            Data(data, sampler, collate, stage["batch_size"], stage["num_workers"]),
+            Schedule.of(stage, log_every=self.recipe["log_every"], precision=setting(self.recipe, "precision")),
+            Runtime(ctx.device, self.reporter, ctx.processes, {"corrupt": generator}),
+            [RunLog(ctx, name), PartialCheckpoints(files, saved)])
+        result = trainer.fit(resume_state(files, partial))
         final = saved()
         metrics = {"steps": result.steps, "samples": result.samples, "seconds": round(result.seconds, 1),
                    **{f"final_{k}": v for k, v in result.last_losses.items()}}

@@ -1,10 +1,11 @@
 """One downstream fine-tuning: train the head with the backbone, select the best epoch on the validation split,
 and evaluate the selected weights on the evaluation split.
 
-After each epoch the fine-tuning is evaluated on its ``select.split`` (default ``val``); the metrics go to
-``metrics.jsonl`` (``split: val``, keys prefixed ``val_``) and, when the head's ``primary_metric`` improves, the
-weights to ``finetune/<name>/best.pt``. The best value and epoch travel in every partial checkpoint, so a resumed
-fine-tuning selects the epoch the uninterrupted one would. Without a selection split the last epoch is reported.
+After each epoch (the Trainer's ``on_epoch_end``) the fine-tuning is evaluated on its ``select.split`` (default
+``val``); the metrics go to ``metrics.jsonl`` (``split: val``, keys prefixed ``val_``) and, when the head's
+``primary_metric`` improves, the weights to ``finetune/<name>/best.pt``. The best value and epoch travel in every
+partial checkpoint, so a resumed fine-tuning selects the epoch the uninterrupted one would. Without a selection
+split the last epoch is reported.
 
 A fine-tuning (or zero-shot evaluation) starts from the final pre-trained weights, or with ``init: <stage>`` from
 the weights that stage ended with (:func:`mmcore.builders.start_state`).
@@ -12,7 +13,6 @@ the weights that stage ended with (:func:`mmcore.builders.start_state`).
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections.abc import Callable
@@ -28,16 +28,17 @@ from rich.markup import escape
 from mmcore.api import Backbone, Head, Task
 from mmcore.blame import blame, blame_hook, call, position
 from mmcore.builders import build_head, pretrained_backbone, start_state, started_from
-from mmcore.checkpointing import CheckpointFiles, cpu_state, loop_checkpoints
+from mmcore.callbacks import RunLog, TrainerCallback
+from mmcore.checkpointing import CheckpointFiles, PartialCheckpoints, cpu_state, resume_state
 from mmcore.context import RunContext
 from mmcore.data.collate import Collator
-from mmcore.distributed import micro_batch_size
 from mmcore.errors import MMCoreError
 from mmcore.evaluation import evaluate, query_intervals, scratch
 from mmcore.rundir import fingerprint
 from mmcore.schema.keys import setting
 from mmcore.selectcheck import WARNING
-from mmcore.training import EpochSampler, LoopResult, PrepareCollate, train_loop
+from mmcore.trainer import Data, LoopResult, Model, Runtime, Schedule, Trainer
+from mmcore.training import EpochSampler, PrepareCollate
 
 BEST = "best.pt"
 
@@ -82,6 +83,17 @@ class Selection:
             return {"selection": {"split": None, "note": self.note or "no validation evaluation: the last epoch"}}
         return {"best_epoch": self.best_epoch,
                 "selection": {"split": self.split, "metric": self.metric, "value": self.best, "metrics": self.metrics}}
+
+
+class SelectEveryEpoch(TrainerCallback):
+    """Calls ``select(step, epoch)`` at every epoch's end, and at the final step when ``max_steps`` cuts the last
+    epoch short: fine-tuning evaluates on its selection split there and keeps the best weights."""
+
+    def __init__(self, select: Callable[[int, int], None]) -> None:
+        self.select = select
+
+    def on_epoch_end(self, epoch: int, state: dict[str, Any]) -> None:
+        self.select(int(state["step"]), epoch)
 
 
 def finetune(ctx: RunContext, item: dict[str, Any], state: dict[str, Any], pretrained: dict[str, Task]) -> dict[str, Any]:
@@ -158,13 +170,6 @@ def _selection_split(ctx: RunContext, item: dict[str, Any]) -> tuple[str | None,
     return str(select["split"]), ""
 
 
-def _steps_per_epoch(ctx: RunContext, item: dict[str, Any], sampler: EpochSampler) -> int:
-    """Optimiser steps in one epoch, as train_loop counts them."""
-    micro = micro_batch_size(item["batch_size"], ctx.processes.world_size, item["grad_accum"])
-    sampler.shard(ctx.processes.rank, ctx.processes.world_size)
-    return math.ceil(math.ceil(sampler.shard_size() / micro) / item["grad_accum"])
-
-
 def _train(ctx: RunContext, item: dict[str, Any], backbone: Backbone, head: Head, files: CheckpointFiles,
            selection: Selection, init: dict[str, Any]) -> LoopResult:
     """Fine-tune ``backbone`` and ``head`` (from the partial checkpoint, if any), selecting on the way; write the
@@ -185,8 +190,6 @@ def _train(ctx: RunContext, item: dict[str, Any], backbone: Backbone, head: Head
     collate = PrepareCollate([prepare], Collator(ctx.tokenizer, item["max_text_len"]),
                              ctx.processes.seed(ctx.seed + 1000))
     sampler = EpochSampler(data, [1.0], ctx.seed + 1000)
-    per_epoch = _steps_per_epoch(ctx, item, sampler)
-    every = int(item["checkpoint_every"])
 
     def saved() -> dict[str, Any]:
         return {"name": name, "init": init, "backbone": cpu_state(backbone), "head": cpu_state(head),
@@ -199,32 +202,20 @@ def _train(ctx: RunContext, item: dict[str, Any], backbone: Backbone, head: Head
         backbone.train()
         head.train()
         ctx.log_record({"scope": name, "step": step, "epoch": epoch, "split": selection.split,
-                           **{f"val_{k}": round(v, 6) for k, v in metrics.items()}})
+                        **{f"val_{k}": round(v, 6) for k, v in metrics.items()}})
         if selection.offer(epoch, metrics):
             ctx.run.save_checkpoint(files.final.parent / BEST, {**saved(), "epoch": epoch, "step": step})
 
-    arguments = loop_checkpoints(item, files, partial, saved, ctx.processes)
+    callbacks: list[TrainerCallback] = [RunLog(ctx, name), PartialCheckpoints(files, saved)]
     if selection.split is not None:
-        # train_loop calls back every checkpoint_every steps only: call it at every epoch's end as well, and
-        # save a partial checkpoint only where the recipe asks for one.
-        save = arguments["checkpoint"]
-
-        def checkpoint(training: dict[str, Any]) -> None:
-            if training["in_epoch"] == per_epoch:
-                select(training["step"], training["epoch"])
-            if every and training["step"] % every == 0:
-                save(training)
-
-        arguments.update(checkpoint=checkpoint, checkpoint_every=math.gcd(every, per_epoch) if every else per_epoch)
-    result = train_loop(
-        description=f"fine-tune {name}", step_fn=lambda b: (call(ctx.registry, entry, "loss", head.loss, backbone, b), {}),
-        modules=[backbone, head], data=data, sampler=sampler, collate=collate, batch_size=item["batch_size"],
-        epochs=item["epochs"], max_steps=item["max_steps"], optim=item["optim"], device=ctx.device,
-        reporter=ctx.reporter, log_every=ctx.recipe["log_every"],
-        log=lambda s, e, m: ctx.log(name, s, e, m), precision=setting(ctx.recipe, "precision"), **arguments,
-    )
-    if selection.split is not None and result.steps and result.state is not None:
-        select(result.steps, int(result.state["epoch"]))  # the last epoch (or the step max_steps stopped at)
+        callbacks.append(SelectEveryEpoch(select))
+    trainer = Trainer(
+        f"fine-tune {name}",
+        Model(lambda b: (call(ctx.registry, entry, "loss", head.loss, backbone, b), {}), [backbone, head]),
+        Data(data, sampler, collate, item["batch_size"], item["num_workers"]),
+        Schedule.of(item, log_every=ctx.recipe["log_every"], precision=setting(ctx.recipe, "precision")),
+        Runtime(ctx.device, ctx.reporter, ctx.processes), callbacks)
+    result = trainer.fit(resume_state(files, partial))
     files.save_final({**saved(), "step": result.steps, "seconds": round(result.seconds, 1), "training": result.state})
     return result
 

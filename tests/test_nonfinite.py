@@ -12,11 +12,13 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from mmcore import cli, training
+from mmcore import cli, trainer
+from mmcore.callbacks import TrainerCallback
 from mmcore.cli import main
 from mmcore.errors import MMCoreError
 from mmcore.progress import Reporter
-from mmcore.training import EpochSampler, MixedExamples, train_loop
+from mmcore.trainer import Data, Model, Runtime, Schedule, Trainer
+from mmcore.training import EpochSampler, MixedExamples
 
 # ---- the loop itself ----------------------------------------------------------------------------------------
 
@@ -54,11 +56,15 @@ def _loop(nan_steps: set[int] | str, *, nonfinite: str, log_every: int, steps: i
 
     optim = {"lr": 0.1, "weight_decay": 0.01, "warmup": 0.0, "clip": 1.0, "betas": [0.9, 0.999], "eps": 1e-6,
              "nonfinite": nonfinite}
-    run = lambda: train_loop(
-        description="stage 1/1 demo", step_fn=step_fn, modules=[model], data=data,
-        sampler=EpochSampler(data, [1.0], 0), collate=Stack(), batch_size=4, epochs=1, max_steps=steps, optim=optim,
-        device=torch.device("cpu"), reporter=Reporter(quiet=True), log=lambda s, e, m: logs.append({"step": s, **m}),
-        log_every=log_every)
+
+    class Record(TrainerCallback):
+        def on_log(self, step, epoch, metrics):
+            logs.append({"step": step, **metrics})
+
+    run = lambda: Trainer(
+        "stage 1/1 demo", Model(step_fn, [model]), Data(data, EpochSampler(data, [1.0], 0), Stack(), batch_size=4),
+        Schedule(1, steps, optim, log_every=log_every), Runtime(torch.device("cpu"), Reporter(quiet=True)),
+        [Record()]).fit()
     return run, model, start, seen, logs
 
 
@@ -81,8 +87,8 @@ def test_stop_at_a_log_point_keeps_earlier_records():
 @pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused-found-inf"])
 def test_skip_every_step_leaves_the_weights_exactly_untouched(monkeypatch, fused):
     if fused:  # the path make_optimizer takes on CUDA: the skip happens on the device
-        make = training.make_optimizer
-        monkeypatch.setattr(training, "make_optimizer", lambda params, optim, device: torch.optim.AdamW(
+        make = trainer.make_optimizer
+        monkeypatch.setattr(trainer, "make_optimizer", lambda params, optim, device: torch.optim.AdamW(
             make(params, optim, device).param_groups, lr=optim["lr"], fused=True))
     run, model, start, _, logs = _loop("all", nonfinite="skip", log_every=2)
     result = run()

@@ -17,11 +17,13 @@ from click.testing import CliRunner
 from helpers import comparable
 from torch import nn
 
+from mmcore.callbacks import TrainerCallback
 from mmcore.cli import main
 from mmcore.errors import MMCoreError
 from mmcore.progress import Reporter
 from mmcore.rundir import RunDir, atomic_torch_save
-from mmcore.training import EpochSampler, MixedExamples, train_loop
+from mmcore.trainer import Data, Model, Runtime, Schedule, Trainer
+from mmcore.training import EpochSampler, MixedExamples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,16 +67,19 @@ def _loop(steps: int, *, resume=None, checkpoint_every=0, accum: int = 1, epochs
         fit = model(batch["x"] + noise).pow(2).mean()
         return fit, {"fit": fit}
 
-    def checkpoint(state):  # a copy, as a file would be: the optimiser's state dict holds live tensors
-        saved.append(copy.deepcopy({"model": model.state_dict(), "training": state}))
+    class Record(TrainerCallback):
+        def on_log(self, step, epoch, metrics):
+            logs.append({"step": step, "epoch": epoch, **metrics})
+
+        def on_checkpoint(self, state):  # a copy, as a file would be: the optimiser's state dict holds live tensors
+            saved.append(copy.deepcopy({"model": model.state_dict(), "training": state}))
 
     optim = {"lr": 0.05, "weight_decay": 0.01, "warmup": 0.2, "clip": 1.0, "betas": [0.9, 0.999], "eps": 1e-6}
-    result = train_loop(
-        description="demo", step_fn=step_fn, modules=[model], data=data, sampler=EpochSampler(data, [1.0], 3),
-        collate=NoisyStack(3), batch_size=8, epochs=epochs, max_steps=steps, optim=optim, device=torch.device("cpu"),
-        reporter=Reporter(quiet=True), log=lambda s, e, m: logs.append({"step": s, "epoch": e, **m}), log_every=2,
-        grad_accum=accum, checkpoint_every=checkpoint_every, checkpoint=checkpoint,
-        resume=None if resume is None else resume["training"], generators={"noise": generator})
+    result = Trainer(
+        "demo", Model(step_fn, [model]), Data(data, EpochSampler(data, [1.0], 3), NoisyStack(3), batch_size=8),
+        Schedule(epochs, steps, optim, log_every=2, grad_accum=accum, checkpoint_every=checkpoint_every),
+        Runtime(torch.device("cpu"), Reporter(quiet=True), generators={"noise": generator}), [Record()],
+    ).fit(None if resume is None else resume["training"])
     for record in logs:
         record.pop("samples_per_s")
     return model, result, saved, logs

@@ -16,13 +16,15 @@ from helpers import comparable
 from mmcore_synth.dataset import SynthWorld
 
 from mmcore.api import Example
+from mmcore.callbacks import TrainerCallback
 from mmcore.cli import main
 from mmcore.data.collate import Collator
 from mmcore.data.loader import Batches, useful_workers
 from mmcore.errors import MMCoreError
 from mmcore.plugins import load_plugins
 from mmcore.progress import Reporter
-from mmcore.training import EpochSampler, MixedExamples, PrepareCollate, train_loop
+from mmcore.trainer import Data, Model, Runtime, Schedule, Trainer
+from mmcore.training import EpochSampler, MixedExamples, PrepareCollate
 
 WORLD = {"train_images": 16, "val_images": 4, "test_images": 4, "vqa_train_images": 8, "retrieval_train_images": 8,
          "gqa_train_images": 4, "nlvr2_train_pairs": 4, "max_regions": 6, "feature_dim": 16, "hard_negatives_top": 5}
@@ -85,13 +87,19 @@ def _loop(cache_dir: Path, workers: int, *, resume: dict | None = None) -> tuple
     collate = PrepareCollate([lambda ex, src, rng, t=tasks[0]: [t.prepare(ex, src, rng)]],
                              Collator(data.tokenizer(), 12), seed=7)
     optim = {"lr": 1e-3, "weight_decay": 0.01, "warmup": 0.2, "clip": 1.0, "betas": [0.9, 0.999], "eps": 1e-6}
-    train_loop(description="t", step_fn=step, modules=list(modules), data=mixed,
-               sampler=EpochSampler(mixed, [1.0], 7), collate=collate, batch_size=16, epochs=2, max_steps=7,
-               optim=optim, device=torch.device("cpu"), reporter=Reporter(quiet=True), log_every=1,
-               log=lambda s, e, m: logs.append({"step": s, **{k: v for k, v in m.items() if k != "samples_per_s"}}),
-               checkpoint_every=1, generators={"corrupt": generator}, num_workers=workers,
-               checkpoint=lambda state: saved.append(copy.deepcopy({"weights": modules.state_dict(), "training": state})),
-               resume=None if resume is None else resume["training"])
+
+    class Record(TrainerCallback):
+        def on_log(self, step, epoch, metrics):
+            logs.append({"step": step, **{k: v for k, v in metrics.items() if k != "samples_per_s"}})
+
+        def on_checkpoint(self, state):
+            saved.append(copy.deepcopy({"weights": modules.state_dict(), "training": state}))
+
+    Trainer("t", Model(step, list(modules)),
+            Data(mixed, EpochSampler(mixed, [1.0], 7), collate, batch_size=16, num_workers=workers),
+            Schedule(2, 7, optim, log_every=1, checkpoint_every=1),
+            Runtime(torch.device("cpu"), Reporter(quiet=True), generators={"corrupt": generator}),
+            [Record()]).fit(None if resume is None else resume["training"])
     return modules.state_dict(), logs, saved, readers
 
 

@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-
 from mmcore.plugins import Plugins
 from mmcore.progress import Reporter
 
@@ -38,18 +36,17 @@ def run_seed_group(plugins: Plugins, resolved: dict[str, Any], *, resume: Path |
     """Run (or, with ``resume``, finish) a seed group and print its seeds and the aggregate tables."""
     # Imported here: cli.py imports this module for --seeds, and `mmcore --help` must not load torch or numpy.
     from mmcore.aggregate import aggregate_rows, results_summary_rows, stage_loss_rows
-    from mmcore.console import stdout_console
+    from mmcore.console import err_console, stdout_console
     from mmcore.layout import Layout
     from mmcore.rundir import RunDir
     from mmcore.seeds import run_group
     from mmcore.summary import INTERVAL_LEGEND, rich_table
 
-    err = Console(stderr=True)
     if resume is not None:
         group = RunDir(resume)
     else:
         group = RunDir.create(output_dir or Path(resolved["output_dir"]), resolved["name"], run_name, overwrite)
-    reporter = Reporter(err, quiet=quiet)
+    reporter = Reporter(err_console, quiet=quiet)
     seeds = ", ".join(map(str, resolved["seeds"]))
     reporter.message(f"[bold]mmcore[/bold] run [cyan]{resolved['name']}[/cyan] over seeds {seeds} → {group.path}")
     outcomes, aggregate = run_group(plugins, resolved, group, overwrite=overwrite, cache_dir=cache_dir,

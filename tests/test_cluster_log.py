@@ -44,7 +44,8 @@ def run_to_log(tmp_path: Path, cache: Path, recipe: Path, *args: str) -> str:
                               env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "80"})
     text = log.read_text()
     assert proc.returncode == 0, text
-    assert f"run {recipe.stem} → {deep / recipe.stem / 'a'}\n" in text  # the run path is never wrapped
+    run_path = deep / recipe.stem / "a"
+    assert any(line.endswith(f" → {run_path}") for line in text.splitlines()), text  # the path is never wrapped
     return text
 
 
@@ -64,3 +65,12 @@ def test_a_run_without_stages_prints_no_empty_pre_training_table(tmp_path, cache
     text = run_to_log(tmp_path, cache, recipe, "--set", "stages=[]")
     assert "pre-training" not in text
     assert re.search(r"^fine-tune vqa: step 2/2 · loss \d+\.\d{4}", text, re.MULTILINE), text
+
+
+def test_a_seed_group_logs_whole_progress_lines(tmp_path, cache):
+    """The seeds of a group print the same unwrapped lines as a single run (``COLUMNS=80`` above)."""
+    text = run_to_log(tmp_path, cache, write_recipe(tmp_path, RECIPE, "logged.yaml"), "--seeds", "3,4",
+                      "--set", "finetune=[]")
+    lines = [line for line in text.splitlines() if line.startswith("stage 1/1 token: step ")]
+    assert len(lines) == 2 * 3, text  # two seeds, three progress lines each
+    assert all(re.search(r" · mrfr \d+\.\d{4} · ETA \d+:\d\d:\d\d$", line) for line in lines), text

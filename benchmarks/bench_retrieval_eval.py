@@ -172,6 +172,38 @@ def _naive(cfg: BenchConfig, backbone: torch.nn.Module, head: RetrievalHead,
     return result, pairs
 
 
+MATRIX_PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm")
+
+
+def operator_shares(cfg: BenchConfig, top: int = 8) -> str:
+    """Self CPU time of the operators of one pair-encoder scoring of the whole matrix, largest first, and the
+    ceiling on any speed-up that keeps the work of the matrix products (their share's inverse)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    backbone, head, inputs = build(cfg)
+    options = ScoringOptions(batch_pairs=cfg.batch_pairs, bf16=cfg.dtype == "bf16")
+    encoder = backbone.pair_encoder()
+    shape = (inputs.num_captions, inputs.num_images)
+
+    def score() -> None:
+        score_pairs(encoded, lambda b: head.pooled_scores(encoder.pooled(b)), ScoreMatrix(shape),
+                    np.ones(shape, dtype=bool), lambda n: None, options)
+
+    with torch.inference_mode():
+        encoded = _encoded(inputs, encoder, options)
+        score()  # warm-up: the first pass pays for allocations and kernel selection
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            score()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    lines = ["| operator | share of self CPU time |", "|---|---:|"]
+    lines += [f"| {e.key} | {100 * e.self_cpu_time_total / total:.1f}% |" for e in events[:top]]
+    products = sum(e.self_cpu_time_total for e in events if e.key in MATRIX_PRODUCTS) / total
+    lines.append(f"\nmatrix products: {100 * products:.1f}% of the time; with everything else free, at most "
+                 f"{1 / max(products, 1e-9):.2f}x the pairs/s without fewer multiply-adds")
+    return "\n".join(lines)
+
+
 def duration(seconds: float) -> str:
     """``1 h 02 min``, ``3 min 07 s`` or ``12.3 s``."""
     if seconds >= 3600:
@@ -206,9 +238,15 @@ def format_table(cfg: BenchConfig, results: list[Result]) -> str:
               help="Timed runs of each path, alternating; the median run is reported.")
 @click.option("--old/--no-old", default=True, show_default=True,
               help="Also time the whole-pair path (the evaluation before pair encoders) and compare the scores.")
-def main(**kwargs: object) -> None:
+@click.option("--profile", is_flag=True,
+              help="Only profile one pair-encoder scoring: each operator's share of its time, and the speed-up left "
+                   "if everything but the matrix products took no time.")
+def main(profile: bool, **kwargs: object) -> None:
     """Print pairs/s of batched and naive retrieval scoring and the projected Flickr30k 1k test time."""
     cfg = BenchConfig(**kwargs)  # type: ignore[arg-type]
+    if profile:
+        click.echo(operator_shares(cfg))
+        return
     results, diffs = run_benchmark(cfg)
     heads = cfg.heads or max(1, cfg.hidden // 64)
     click.echo(f"lxmert_s: hidden {cfg.hidden}, {cfg.layers} cross-modality layers, {heads} heads; {cfg.regions} "

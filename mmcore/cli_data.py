@@ -37,8 +37,8 @@ from mmcore.errors import MMCoreError
 from mmcore.blame import blame
 from mmcore.plugins import load_plugins
 from mmcore.progress import Reporter
+from mmcore.console import err_console
 
-err_console = Console(stderr=True)
 
 
 @click.group(name="data")

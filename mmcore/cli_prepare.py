@@ -28,8 +28,8 @@ from mmcore.data.store import FeatureStore
 from mmcore.data.userdata import IMAGES_DIR, list_image_files, read_source
 from mmcore.errors import MMCoreError
 from mmcore.progress import Reporter
+from mmcore.console import err_console
 
-err_console = Console(stderr=True)
 
 
 @click.command(name="prepare")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -38,9 +37,9 @@ def report(run_dirs: tuple[Path, ...], out: Path, no_plots: bool, baseline: str 
     used) or a parent of those, e.g. mmcore report runs/ablations/*. A seed group's metrics show the mean ±
     std [95% t interval] over its seeds.
     """
+    from mmcore.console import err_console as err
     from mmcore.console import stdout_console
 
-    err = Console(stderr=True)
     # A shell glob over a batch's parent also matches its files (a log kept beside the runs): say so, go on.
     files = [p for p in run_dirs if not p.is_dir()]
     for path in files:

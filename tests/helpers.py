@@ -6,6 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import torch
 from click.testing import CliRunner
 
 from mmcore.cli import main
@@ -36,3 +37,17 @@ def comparable(run: Path) -> tuple[dict, list]:
     for record in records:
         record.pop("samples_per_s", None)  # validation records (after a fine-tuning's epoch) have none
     return results, records
+
+
+class Rows(list):
+    """A view for Trainer tests: its examples are tensors (``MixedExamples([Rows(t.unbind(0))], [None])``)."""
+
+
+class Stack:
+    """A collate function for Trainer tests: examples -> {"x": [B, ...]}."""
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __call__(self, items):
+        return {"x": torch.stack([example for example, _ in items])}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import Rows, Stack
 from torch import nn
 
 from mmcore import cli, trainer
@@ -21,20 +22,6 @@ from mmcore.trainer import Data, Model, Runtime, Schedule, Trainer
 from mmcore.training import EpochSampler, MixedExamples
 
 # ---- the loop itself ----------------------------------------------------------------------------------------
-
-
-class Rows(list):
-    """A view whose examples are 3-vectors."""
-
-
-class Stack:
-    """A collate function: examples -> {"x": [B,3]}."""
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
-
-    def __call__(self, items):
-        return {"x": torch.stack([example for example, _ in items])}
 
 
 def _loop(nan_steps: set[int] | str, *, nonfinite: str, log_every: int, steps: int = 4):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import comparable
+from helpers import Rows, comparable
 from torch import nn
 
 from mmcore.callbacks import TrainerCallback
@@ -28,10 +28,6 @@ from mmcore.training import EpochSampler, MixedExamples
 ROOT = Path(__file__).resolve().parents[1]
 
 # ---- the loop: a checkpoint continues exactly ----------------------------------------------------------------
-
-
-class Rows(list):
-    """A view whose examples are 4-vectors."""
 
 
 class NoisyStack:

@@ -7,26 +7,13 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import Rows, Stack
 from torch import nn
 
 from mmcore.callbacks import TrainerCallback
 from mmcore.progress import Reporter
 from mmcore.trainer import Data, Model, Runtime, Schedule, Trainer
 from mmcore.training import EpochSampler, MixedExamples
-
-
-class Rows(list):
-    """A view whose examples are 4-vectors."""
-
-
-class Stack:
-    """A collate function: examples -> {"x": [B,4]}."""
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
-
-    def __call__(self, items):
-        return {"x": torch.stack([example for example, _ in items])}
 
 
 class Events(TrainerCallback):

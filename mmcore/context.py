@@ -27,9 +27,11 @@ from mmcore.distributed import Dist
 from mmcore.errors import MMCoreError
 from mmcore.loggers import run_loggers
 from mmcore.plugins import Plugins
+from mmcore.precision import PrecisionChoice, choose_precision
 from mmcore.progress import Reporter
 from mmcore.registry import Registry
 from mmcore.rundir import RunDir
+from mmcore.schema.keys import setting
 from mmcore.threads import ThreadChoice, apply_threads, choose_threads
 from mmcore.training import MixedExamples
 
@@ -97,6 +99,7 @@ class RunContext:
     threads: ThreadChoice
     processes: Dist
     device: torch.device
+    precision: PrecisionChoice
     datasets: Datasets
     info: DataInfo
     tokenizer: Any
@@ -118,7 +121,9 @@ class RunContext:
         with failures_logged(run_dir.path if run_dir is not None and run_dir.main else None):
             info, tokenizer = _sizing(plugins.registry, datasets, primary_dataset_name(recipe) or sizing)
         run_info = None if run_dir is None else _run_info(recipe, run_dir, dist)
-        return cls(recipe, plugins, run_dir, reporter, cache, choice, dist, device, datasets, info, tokenizer, run_info)
+        precision = choose_precision(setting(recipe, "precision"), device)
+        return cls(recipe, plugins, run_dir, reporter, cache, choice, dist, device, precision, datasets, info, tokenizer,
+                   run_info)
 
     # ----- what the context holds ---------------------------------------------------------------------------------
     @property

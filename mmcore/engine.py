@@ -30,7 +30,6 @@ from mmcore.phases import phase
 from mmcore.plugins import Plugins
 from mmcore.progress import Reporter
 from mmcore.rundir import RunDir, fingerprint
-from mmcore.schema.keys import setting
 from mmcore.summary import write_summary
 from mmcore.trainer import Data, Model, Runtime, Schedule, Trainer
 from mmcore.training import EpochSampler, PrepareCollate
@@ -51,6 +50,7 @@ class Engine:
         self.results: dict[str, Any] = self.run.read_results()
         # How many threads, on which machine: what a bit-identical rerun needs besides the recipe.
         self.results.setdefault("_run", {})["threads"] = ctx.threads.record()
+        self.results["_run"]["precision"] = ctx.precision.record()
         self.results["_run"]["machine"] = machine_fingerprint()
 
     # ----- the run ----------------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ class Engine:
             f"stage {index + 1}/{len(self.recipe['stages'])} {name}",
             Model(step, [backbone, *tasks.values()]),
             Data(data, sampler, collate, stage["batch_size"], stage["num_workers"]),
-            Schedule.of(stage, log_every=self.recipe["log_every"], precision=setting(self.recipe, "precision")),
+            Schedule.of(stage, log_every=self.recipe["log_every"], precision=ctx.precision.precision),
             Runtime(ctx.device, self.reporter, ctx.processes, {"corrupt": generator}),
             [RunLog(ctx, name), PartialCheckpoints(files, saved)])
         result = trainer.fit(resume_state(files, partial))

@@ -13,7 +13,6 @@ from mmcore.blame import call
 from mmcore.context import RunContext
 from mmcore.data.collate import Collator
 from mmcore.evalcontext import EvalContext
-from mmcore.schema.keys import setting
 from mmcore.stats import query_intervals as bootstrap_intervals
 from mmcore.training import autocast
 
@@ -32,7 +31,7 @@ def evaluate(ctx: RunContext, head: Head, backbone: Backbone, item: dict[str, An
     head.eval()
     with EvalContext(Collator(ctx.tokenizer, item["max_text_len"]), ctx.device,
                      ctx.recipe["eval_batch_size"], ctx.reporter, folder) as evaluation, torch.no_grad(), \
-            autocast(ctx.device, setting(ctx.recipe, "precision")):
+            autocast(ctx.device, ctx.precision.precision):
         metrics = call(ctx.registry, ctx.registry.get("head", head.name), "evaluate", head.evaluate,
                        backbone, views[0], evaluation)
     return {k: float(v) for k, v in metrics.items()}

@@ -35,7 +35,6 @@ from mmcore.data.collate import Collator
 from mmcore.errors import MMCoreError
 from mmcore.evaluation import evaluate, query_intervals, scratch
 from mmcore.rundir import fingerprint
-from mmcore.schema.keys import setting
 from mmcore.selectcheck import WARNING
 from mmcore.trainer import Data, LoopResult, Model, Runtime, Schedule, Trainer
 from mmcore.training import EpochSampler, PrepareCollate
@@ -213,7 +212,7 @@ def _train(ctx: RunContext, item: dict[str, Any], backbone: Backbone, head: Head
         f"fine-tune {name}",
         Model(lambda b: (call(ctx.registry, entry, "loss", head.loss, backbone, b), {}), [backbone, head]),
         Data(data, sampler, collate, item["batch_size"], item["num_workers"]),
-        Schedule.of(item, log_every=ctx.recipe["log_every"], precision=setting(ctx.recipe, "precision")),
+        Schedule.of(item, log_every=ctx.recipe["log_every"], precision=ctx.precision.precision),
         Runtime(ctx.device, ctx.reporter, ctx.processes), callbacks)
     result = trainer.fit(resume_state(files, partial))
     files.save_final({**saved(), "step": result.steps, "seconds": round(result.seconds, 1), "training": result.state})

@@ -27,7 +27,7 @@ from mmcore.builders import build_backbone, build_head, pretrained_tasks, stage_
 from mmcore.context import RunContext
 from mmcore.finetuning import BEST
 from mmcore.layout import Layout
-from mmcore.schema.keys import MAX_TEXT_LEN, setting
+from mmcore.schema.keys import MAX_TEXT_LEN
 from mmcore.training import autocast
 
 TOP_K = 3
@@ -203,7 +203,7 @@ def _answers(ctx: RunContext, item: dict[str, Any] | None, batch: Batch, k: int)
     backbone, head, file = loaded
     if not _implements(head, "top_predictions"):
         raise MMCoreError(f"head {item['head']!r} does not predict answers (no top_predictions); --head picks another")
-    with torch.no_grad(), autocast(ctx.device, setting(ctx.recipe, "precision")):
+    with torch.no_grad(), autocast(ctx.device, ctx.precision.precision):
         answers = head.top_predictions(backbone, batch, k)[0]
     return AnswerCell(f"{item['name']} ({file})", [(str(a), float(p)) for a, p in answers])
 
@@ -283,7 +283,7 @@ class _Matcher:
         collate = Collator(ctx.tokenizer, int(self.item.get("max_text_len", MAX_TEXT_LEN)))
         size = int(ctx.recipe["eval_batch_size"])
         out = []
-        with torch.no_grad(), autocast(ctx.device, setting(ctx.recipe, "precision")):
+        with torch.no_grad(), autocast(ctx.device, ctx.precision.precision):
             for start in range(0, len(self.captions), size):
                 examples = [{"text": c, **image} for c in self.captions[start : start + size]]
                 out.append(head.pair_scores(backbone, to_device(collate(examples), ctx.device)).float().cpu())

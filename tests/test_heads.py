@@ -267,6 +267,19 @@ def test_zero_shot_init_copies_the_itm_classifier_exactly(collator: Collator) ->
     assert only_itm.initialized_from == "itm" and torch.equal(only_itm.match.weight, itm.classifier.weight)
 
 
+def test_retrieval_scores_stay_fp32_under_bf16_autocast() -> None:
+    # bf16 logits carry 8 bits of mantissa: ranking hundreds of images by them would tie many. The score's last
+    # linear layer runs in fp32 on the (bf16) pooled output, so it equals the fp32 computation on those inputs.
+    head = RetrievalHead(make_info(), HIDDEN, {})
+    pooled = torch.randn(300, HIDDEN).bfloat16()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = head.pooled_scores(pooled)
+    with torch.no_grad():
+        logits = head.match(pooled.float())
+    assert scores.dtype == torch.float32 and torch.equal(scores, logits[:, 1] - logits[:, 0])
+    assert scores.unique().numel() == 300
+
+
 def test_zero_shot_init_rejects_a_wrong_classifier() -> None:
     bad = nn.Module()
     bad.classifier = nn.Linear(HIDDEN, 3)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from test_end_to_end import TINY, write_recipe
 
 from mmcore.cli import main
+from mmcore.precision import choose_precision
 from mmcore.training import autocast
 
 ONE_STAGE = TINY.split("  - name: phrase")[0] + """\
@@ -71,7 +72,7 @@ def test_bad_precision_and_compile_values_are_located(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, "precision: fp16\ncompile: yes please\n" + ONE_STAGE)
     result = CliRunner().invoke(main, ["validate", str(recipe)])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "precision must be one of fp32, bf16, got 'fp16'" in result.output
+    assert "precision must be one of fp32, bf16, auto, got 'fp16'" in result.output
     assert "compile must be true or false, got 'yes please'" in result.output
 
 
@@ -84,3 +85,37 @@ def test_compiled_backbone_trains_for_real(tmp_path: Path) -> None:
     ckpt = torch.load(tmp_path / "runs" / "tiny" / "c" / "stages" / "token" / "checkpoint.pt", weights_only=False)
     assert not any("_orig_mod" in key for key in ckpt["backbone"])  # checkpoints keep the plain names
 
+
+
+@pytest.mark.parametrize(("amx", "avx512_bf16", "expected"), [
+    (True, True, "bf16"), (False, True, "bf16"), (True, False, "bf16"), (False, False, "fp32")])
+def test_auto_takes_bf16_only_on_a_cpu_with_native_bf16(amx: bool, avx512_bf16: bool, expected: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    choice = choose_precision("auto", torch.device("cpu"))
+    assert (choice.precision, choice.setting) == (expected, "auto")
+    assert choice.reason == {(True, True): "the CPU has AMX and AVX-512 BF16", (True, False): "the CPU has AMX",
+                             (False, True): "the CPU has AVX-512 BF16",
+                             (False, False): "the CPU has neither AVX-512 BF16 nor AMX"}[amx, avx512_bf16]
+
+
+def test_explicit_precision_is_kept_whatever_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert choose_precision("fp32", torch.device("cpu")).precision == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert choose_precision("bf16", torch.device("cpu")).precision == "bf16"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_run_trains_in_the_chosen_precision_and_records_why(native: bool, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    results, seen = _run(tmp_path, tmp_path / "cache", "precision: auto\n", "auto", monkeypatch)
+    expected = "bf16" if native else "fp32"
+    assert results["_run"]["precision"] == {
+        "precision": expected, "setting": "auto",
+        "reason": "the CPU has AVX-512 BF16" if native else "the CPU has neither AVX-512 BF16 nor AMX"}
+    assert seen and all(on == native for _, on in seen)

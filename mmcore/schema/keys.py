@@ -84,7 +84,7 @@ def _section(name: str, help: str, *keys: Key) -> Section:
 
 
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 NONFINITE = ("stop", "skip")  # what a step with a non-finite loss does: stop the run, or skip its update
 MAX_TEXT_LEN = 20  # tokens per text, [CLS] and [SEP] included
 
@@ -196,7 +196,9 @@ TOP = _section(
     Key("num_workers", int, "data-loader worker processes reading examples (0: read in the training process)", 0,
         minimum=0),
     Key("eval_batch_size", int, "batch size for evaluation", 256, minimum=1),
-    Key("precision", Literal["fp32", "bf16"], "fp32 | bf16 (bf16 autocast for training and evaluation)", "fp32"),
+    Key("precision", Literal["fp32", "bf16", "auto"],
+        "fp32 | bf16 (bf16 autocast for training and evaluation) | auto (bf16 where the device has it natively)",
+        "fp32"),
     Key("compile", bool, "torch.compile the backbone", False),
     Key("plugins", list[str], "local .py plugin files, relative to the recipe", []),
     Key("threads", int, "intra-op CPU threads (--threads and OMP_NUM_THREADS override)",

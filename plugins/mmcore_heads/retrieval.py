@@ -130,8 +130,10 @@ class RetrievalHead(Head):
         return self.pooled_scores(backbone.encode(batch).pooled)
 
     def pooled_scores(self, pooled: Tensor) -> Tensor:
-        """The matching score [B] of pooled outputs [B,H] (see :meth:`scores`)."""
-        logits = self.match(pooled).float()
+        """The matching score [B] of pooled outputs [B,H] (see :meth:`scores`), computed in fp32 even under bf16
+        autocast: a bf16 score has 8 bits of mantissa, so ranking 1,000 images by it would tie many of them."""
+        with torch.autocast(pooled.device.type, enabled=False):
+            logits = self.match(pooled.float())
         return logits[:, 1] - logits[:, 0]
 
     def pair_scores(self, backbone: Backbone, batch: Batch) -> Tensor:

@@ -34,7 +34,7 @@ from mmcore.errors import RunFailed
 from mmcore.loopstate import Progress, Window, check_compatible
 from mmcore.phases import begin, end, phase
 from mmcore.progress import Reporter
-from mmcore.schema.keys import OPTIM, TOP
+from mmcore.schema.keys import OPTIM
 from mmcore.training import EpochSampler, MixedExamples, NonFiniteWatch, PrepareCollate, autocast, make_optimizer, \
     make_schedule, skip_if
 
@@ -67,7 +67,8 @@ class Data:
 @dataclass(frozen=True)
 class Schedule:
     """How long and how: ``epochs`` (or ``max_steps``), the ``optim`` settings, ``grad_accum`` micro-batches a
-    step, ``precision`` (bf16: forward and losses under autocast, parameters and optimiser in fp32), and how often
+    step, ``precision`` (``fp32`` or ``bf16``: forward and losses under autocast, parameters and optimiser in fp32;
+    a recipe's ``auto`` is resolved by :func:`mmcore.precision.choose_precision` first), and how often
     to log and checkpoint (``checkpoint_every`` 0: never)."""
 
     epochs: int
@@ -75,7 +76,7 @@ class Schedule:
     optim: Mapping[str, Any]
     log_every: int
     grad_accum: int = 1
-    precision: str = TOP["precision"].default
+    precision: str = "fp32"
     checkpoint_every: int = 0
 
     @classmethod

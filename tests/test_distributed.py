@@ -40,6 +40,7 @@ RECIPE = """\
 name: ddp
 seed: 2
 log_every: 1
+precision: fp32  # pinned: compared to 1e-5, which bf16 rounding (e.g. precision: auto on an AMX CPU) would miss
 eval_batch_size: 64
 plugins: [pooled.py]
 backbone: {name: lxmert_s, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64, x_layers: 2,

@@ -52,7 +52,7 @@ def _run(tmp_path: Path, cache: Path, extra: str, name: str, monkeypatch: pytest
 
 def test_bf16_recipe_trains_and_evaluates_under_autocast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
-    fp32, seen32 = _run(tmp_path, cache, "", "fp32", monkeypatch)
+    fp32, seen32 = _run(tmp_path, cache, "precision: fp32\n", "fp32", monkeypatch)
     bf16, seen16 = _run(tmp_path, cache, "precision: bf16\n", "bf16", monkeypatch)
     assert {mode for mode, _ in seen16} == {"train", "eval"}
     assert all(on for _, on in seen16) and not any(on for _, on in seen32)

@@ -1,8 +1,8 @@
 """The floating-point precision a run computes in, decided once per run and recorded in its ``results.json``.
 
 ``fp32`` and ``bf16`` are what they say (bf16: autocast for training and evaluation, weights and optimiser state in
-fp32). ``auto`` takes bf16 where the device has native bf16 arithmetic and fp32 where it would only be emulated,
-which is slower than fp32: a CUDA GPU that supports bf16, a CPU with AVX-512 BF16 or AMX instructions.
+fp32). ``auto`` takes bf16 where the device has native bf16 arithmetic (a CUDA GPU that supports bf16, a CPU with
+AMX or AVX-512 BF16 instructions) and fp32 elsewhere, where bf16 would be emulated and slower than fp32.
 """
 
 from __future__ import annotations

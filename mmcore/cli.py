@@ -23,10 +23,14 @@ from mmcore.shipped import complete_recipe
 # Whatever imports torch or loads plugins is imported inside the command that needs it, so that
 # `mmcore --help`, `--version` and shell completion answer at once (see mmcore.cli_lazy).
 
-# Idle OpenMP threads sleep rather than spin: beside other busy processes, spinning intra-op threads slowed a
-# stage more than tenfold (docs/benchmarks.md). OpenMP reads this once, when torch loads, which in this process
-# is later; an OMP_WAIT_POLICY already set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How idle OpenMP threads wait; OpenMP reads this once, when torch loads, which in this process is later. Spinning
+# for long (OpenMP's default) slowed a stage more than tenfold beside other busy processes; sleeping at once
+# (PASSIVE) made the pre-training stages 1.8x slower on an idle machine. libgomp spins GOMP_SPINCOUNT times, then
+# sleeps (docs/benchmarks.md measures the trade); LLVM's libomp ignores the count and sleeps at once. A wait
+# setting already in the environment wins.
+SPIN_COUNT = 3000
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ.update(OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT=str(SPIN_COUNT))
 if TYPE_CHECKING:
     from mmcore.plugins import Plugins
 

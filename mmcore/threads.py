@@ -30,13 +30,15 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 class ThreadChoice:
     """The intra-op thread count and why: ``source`` is ``--threads``, ``OMP_NUM_THREADS``, ``recipe``,
     ``affinity`` or ``cgroup quota``; ``affinity_cpus`` and ``cgroup_cpus`` are what the machine allowed;
-    ``wait_policy`` is ``OMP_WAIT_POLICY`` (the ``mmcore`` command sets PASSIVE unless it is set)."""
+    ``wait_policy`` and ``spin_count`` are ``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT`` (the ``mmcore`` command sets
+    both unless the environment sets either)."""
 
     threads: int
     source: str
     affinity_cpus: int
     cgroup_cpus: float | None
     wait_policy: str | None = None
+    spin_count: str | None = None
 
     def record(self) -> dict[str, Any]:
         """The choice as a JSON-ready dict (written to the run's ``results.json`` under ``_run``)."""
@@ -116,15 +118,16 @@ def choose_threads(cli: int | None = None, recipe: int | None = None,
     """The thread count for this process: ``cli`` (``--threads``), else ``OMP_NUM_THREADS`` in ``env``
     (default ``os.environ``), else ``recipe`` (``threads:``), else what the affinity mask and cgroup quota allow."""
     env = os.environ if env is None else env
-    cpus, quota, policy = affinity_cpus(), cgroup_cpus(), env.get("OMP_WAIT_POLICY")
+    cpus, quota = affinity_cpus(), cgroup_cpus()
+    wait = (env.get("OMP_WAIT_POLICY"), env.get("GOMP_SPINCOUNT"))
     given = [("--threads", cli), ("OMP_NUM_THREADS", _env_threads(env)), ("recipe", recipe)]
     for source, value in given:
         if value is not None:
-            return ThreadChoice(int(value), source, cpus, quota, policy)
+            return ThreadChoice(int(value), source, cpus, quota, *wait)
     # A fractional quota rounds down: 1.5 CPUs of time cannot keep two threads busy without them waiting.
     if quota is not None and math.floor(quota) < cpus:
-        return ThreadChoice(max(1, math.floor(quota)), "cgroup quota", cpus, quota, policy)
-    return ThreadChoice(max(1, cpus), "affinity", cpus, quota, policy)
+        return ThreadChoice(max(1, math.floor(quota)), "cgroup quota", cpus, quota, *wait)
+    return ThreadChoice(max(1, cpus), "affinity", cpus, quota, *wait)
 
 
 def _env_threads(env: Mapping[str, str]) -> int | None:

@@ -14,6 +14,7 @@ import torch
 from helpers import invoke
 
 from mmcore import threads
+from mmcore.cli import SPIN_COUNT
 from mmcore.errors import MMCoreError
 from mmcore.threads import cgroup_cpus, choose_threads
 
@@ -78,7 +79,8 @@ def test_automatic_choice_follows_affinity_and_quota_not_the_host(machine):
 def test_overrides_cli_then_environment_then_recipe(machine):
     machine(8, 2.0)
     assert choose_threads(recipe=3, env={}).record() == {"threads": 3, "source": "recipe", "affinity_cpus": 8,
-                                                         "cgroup_cpus": 2.0, "wait_policy": None}
+                                                         "cgroup_cpus": 2.0, "wait_policy": None,
+                                                         "spin_count": None}
     assert (choose_threads(recipe=3, env={"OMP_NUM_THREADS": "5"}).threads,
             choose_threads(recipe=3, env={"OMP_NUM_THREADS": "5"}).source) == (5, "OMP_NUM_THREADS")
     choice = choose_threads(cli=6, recipe=3, env={"OMP_NUM_THREADS": "5"})
@@ -128,14 +130,19 @@ def test_run_sets_and_records_the_choice(tmp_path, monkeypatch):
     recorded = json.loads((tmp_path / "tiny" / "a" / "results.json").read_text())["_run"]["threads"]
     assert (recorded["threads"], recorded["source"]) == (1, "--threads")
     assert recorded["affinity_cpus"] >= 1
-    assert recorded["wait_policy"] == os.environ["OMP_WAIT_POLICY"]  # importing mmcore.cli set it
+    assert recorded["wait_policy"] == os.environ["OMP_WAIT_POLICY"]  # importing mmcore.cli set them
+    assert recorded["spin_count"] == os.environ.get("GOMP_SPINCOUNT")
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_the_command_makes_idle_openmp_threads_sleep_unless_told(given: str | None, expected: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if given is not None:
-        env["OMP_WAIT_POLICY"] = given
-    code = "import os, sys, mmcore.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+@pytest.mark.parametrize(("given", "expected"), [
+    ({}, ["PASSIVE", str(SPIN_COUNT)]),  # spin briefly, then sleep
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, ["ACTIVE", "-"]),  # the user's policy wins, no count added
+    ({"GOMP_SPINCOUNT": "0"}, ["-", "0"]),  # as does the user's count
+])
+def test_the_command_bounds_how_long_idle_openmp_threads_spin_unless_told(given: dict[str, str],
+                                                                          expected: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | given
+    code = ("import os, sys, mmcore.cli; e = os.environ; "
+            "print(e.get('OMP_WAIT_POLICY', '-'), e.get('GOMP_SPINCOUNT', '-'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == [expected, "False"]  # set before torch (and its OpenMP) is loaded
+    assert out.split() == [*expected, "False"]  # set before torch (and its OpenMP) is loaded

@@ -1,11 +1,11 @@
-"""How idle OpenMP threads wait, measured: the pre-training stages of a recipe through ``mmcore run`` under several
+"""How idle OpenMP threads wait, measured: the pre-training stages of ``msp_tps`` through ``mmcore run`` under several
 wait settings, on the idle machine and beside busy processes, in one run.
 
     python benchmarks/bench_wait_policy.py                              # idle and beside one busy process
     python benchmarks/bench_wait_policy.py --busy 0 --steps 40 --setting passive --setting spin:3000
 
 OpenMP reads ``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT`` once, when torch loads, so every setting runs in a process
-of its own: ``mmcore run RECIPE`` with each stage cut to ``--steps`` steps and no evaluation, into a temporary
+of its own: ``mmcore run recipes/msp_tps.yaml`` with each stage cut to ``--steps`` steps and no evaluation, into a temporary
 directory. Its samples/s per stage come from the run's ``results.json`` (``_stages``: samples / seconds), so they
 are the engine's own figures. Settings:
 
@@ -33,7 +33,7 @@ import click
 
 from bench_stage import busy_processes
 
-ROOT = Path(__file__).resolve().parent.parent
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "msp_tps.yaml"
 STAGES = ("token", "phrase", "sentence")
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
@@ -62,11 +62,11 @@ def parse_setting(text: str) -> Setting:
     raise click.BadParameter(f"{text!r}: expected passive, active, spin:N, default or one-thread")
 
 
-def run_stages(recipe: Path, setting: Setting, steps: int, workdir: Path, tag: str) -> dict[str, float]:
-    """Samples/s of each stage of ``recipe`` cut to ``steps`` steps, run by ``mmcore run`` under ``setting``
+def run_stages(setting: Setting, steps: int, workdir: Path, tag: str) -> dict[str, float]:
+    """Samples/s of each stage of ``msp_tps`` cut to ``steps`` steps, run by ``mmcore run`` under ``setting``
     into ``workdir`` as the run named after the setting and ``tag``."""
     name = f"{setting.label.replace(':', '_')}_{tag}"
-    argv = [sys.executable, "-m", "mmcore", "run", str(recipe), "--quiet", "--output-dir", str(workdir),
+    argv = [sys.executable, "-m", "mmcore", "run", str(RECIPE), "--quiet", "--output-dir", str(workdir),
             "--run-name", name, "--set", "zero_shot:=[]", "--set", "finetune:=[]"]
     for stage in STAGES:
         argv += ["--set", f"stages.{stage}.max_steps={steps}"]
@@ -91,18 +91,16 @@ def table(busy: int, rows: list[tuple[Setting, dict[str, float]]]) -> str:
 
 
 @click.command()
-@click.option("--recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=ROOT / "recipes" / "msp_tps.yaml", show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="Steps per stage.")
 @click.option("--busy", "busy_counts", default="0,1", show_default=True,
               help="Comma-separated numbers of busy processes to measure beside (0: idle).")
 @click.option("--setting", "settings", multiple=True, callback=lambda _c, _p, v: [parse_setting(s) for s in v],
               help="passive | active | spin:N | default | one-thread (repeatable; default: a sweep).")
-def main(recipe: Path, steps: int, busy_counts: str, settings: list[Setting]) -> None:
+def main(steps: int, busy_counts: str, settings: list[Setting]) -> None:
     """Print each stage's samples/s under each wait setting, idle and beside busy processes."""
     settings = settings or [parse_setting(s) for s in
                             ("default", "passive", "spin:1000", "spin:3000", "spin:10000", "active", "one-thread")]
-    click.echo(f"# {recipe.name}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}; {steps} steps "
+    click.echo(f"# {RECIPE.name}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}; {steps} steps "
                "per stage; samples/s from each run's results.json")
     with tempfile.TemporaryDirectory() as tmp:
         for busy in (int(b) for b in busy_counts.split(",")):
@@ -112,7 +110,7 @@ def main(recipe: Path, steps: int, busy_counts: str, settings: list[Setting]) ->
                 for setting in settings:
                     if busy and setting.label == "active":
                         continue  # spinning threads beside a busy process crawl (docs/benchmarks.md)
-                    rows.append((setting, run_stages(recipe, setting, steps, Path(tmp), f"busy{busy}")))
+                    rows.append((setting, run_stages(setting, steps, Path(tmp), f"busy{busy}")))
                     click.echo(f"{setting.label}: " + ", ".join(f"{v:.0f}" for v in rows[-1][1].values()), err=True)
             finally:
                 for process in workers:
